@@ -1,0 +1,116 @@
+//! granary-query: a DataFusion session over a granary's tables.
+//!
+//! Every table of the granary is registered under its name through Lance's
+//! DataFusion table provider, which pushes projections, filters and limits
+//! down into the Lance scan: a query over scalar columns never reads media
+//! bytes. Blob columns read back as their descriptor struct
+//! (`kind, position, size, blob_id, blob_uri`), not as payloads.
+//!
+//! Architecture invariant: query never writes files; it reads through
+//! granary-storage and returns Arrow batches. Formatting is the caller's.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use granary_storage::Granary;
+use lance::datafusion::LanceTableProvider;
+
+/// Errors from granary-query.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The query was wrong: syntax, unknown table or column, type mismatch.
+    #[error("{0}")]
+    Query(String),
+    /// The statement would modify data.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Storage(#[from] granary_storage::Error),
+    /// Execution failed inside DataFusion or Lance.
+    #[error("query failed: {0}")]
+    Execution(#[source] DataFusionError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(..)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(..) => {
+                Error::Query(one_line(&e.find_root().to_string()))
+            }
+            _ => Error::Execution(e),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A SQL session with every table of one granary registered.
+pub struct Session {
+    ctx: SessionContext,
+    tables: Vec<String>,
+}
+
+impl Session {
+    /// Register every table of `granary` at its latest version.
+    pub async fn open(granary: &Granary) -> Result<Session> {
+        let config = SessionConfig::new().with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        let mut tables = Vec::new();
+        for name in granary.table_names()? {
+            let ds = granary.table(&name).await?;
+            let provider = LanceTableProvider::new(Arc::new(ds), false, false);
+            ctx.register_table(name.as_str(), Arc::new(provider))?;
+            tables.push(name);
+        }
+        Ok(Session { ctx, tables })
+    }
+
+    /// Names of the registered tables.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    /// The underlying DataFusion context (to register UDFs, more tables, …).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Run one read-only statement and collect its result.
+    pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df =
+            self.ctx
+                .sql_with_options(query, options)
+                .await
+                .map_err(|e| match Error::from(e) {
+                    Error::Query(m)
+                        if ["DDL", "DML", "Statement"]
+                            .iter()
+                            .any(|k| m.contains(&format!("{k} not supported"))) =>
+                    {
+                        Error::Refused(format!(
+                            "{} (granary sql is read-only)",
+                            m.trim_start_matches("Error during planning: ")
+                        ))
+                    }
+                    other => other,
+                })?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+}

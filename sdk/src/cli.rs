@@ -1,0 +1,455 @@
+//! The `granary` command line. Flags are validated here and turned into the
+//! plain option structs the libraries take; this is the only place that
+//! knows argv, stdout and exit codes (0 ok, 1 negative answer, 2 usage or
+//! error, 130 interrupted). `main.rs` only calls [`main`], so the end-to-end
+//! tests can build the same command line as a binary of their own.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::output::{self, Format};
+use crate::storage::{self, Granary, IngestOptions, ParquetColumns, SourceFormat};
+use crate::synth::{self, SynthOptions};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Granary: a Lance store for diffusion-transformer training data and
+/// checkpoints, with SQL over all of it.
+#[derive(Parser)]
+#[command(name = "granary", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new granary (a directory of Lance tables) at ROOT.
+    Init {
+        /// Directory to create; must not exist or be empty.
+        root: PathBuf,
+        /// Dimension of the `embedding` column, fixed for the granary's life.
+        #[arg(long, default_value_t = storage::schema::DEFAULT_EMBEDDING_DIM)]
+        embedding_dim: usize,
+    },
+    /// Ingest images and videos from SRC into the granary at ROOT.
+    ///
+    /// Idempotent and resumable: re-running on the same source adds nothing,
+    /// and an interrupted run can simply be run again. Samples that cannot be
+    /// read are skipped and recorded in the `ingest_errors` table.
+    Ingest {
+        /// The granary (made by `granary init`).
+        root: PathBuf,
+        /// The source: a folder, a .tar shard or folder of shards, or a .parquet file or folder.
+        src: PathBuf,
+        /// Layout of SRC.
+        #[arg(long, value_enum, default_value_t = SourceArg::Folder)]
+        format: SourceArg,
+        /// Parquet: column holding the encoded media (binary or struct{bytes, path}).
+        #[arg(long, default_value = "image")]
+        image_column: String,
+        /// Parquet: column holding a caption; "" for none.
+        #[arg(long, default_value = "caption")]
+        caption_column: String,
+        /// Parquet: column holding the sample key (default: image path, else FILE/ROW).
+        #[arg(long)]
+        key_column: Option<String>,
+        /// Parquet: column holding JSON metadata in the sidecar format.
+        #[arg(long)]
+        meta_column: Option<String>,
+        /// Value of the `source` column for samples whose sidecar names none.
+        #[arg(long)]
+        source: Option<String>,
+        /// Commit a batch every this many MiB of media.
+        #[arg(long, default_value_t = 64)]
+        batch_mb: usize,
+    },
+    /// Generate a deterministic synthetic captioned dataset in the folder format.
+    Synth {
+        /// Output directory; must not exist or be empty.
+        out: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Number of short H.264 MP4 clips.
+        #[arg(long, default_value_t = 0)]
+        videos: usize,
+        /// Random seed: same seed and options, same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Skew the shape classes, e.g. `circle=0.8` or `circle=0.5,star=0.2`.
+        #[arg(long, default_value = "")]
+        skew: String,
+    },
+    /// Run a read-only SQL query over the granary's tables.
+    Sql {
+        root: PathBuf,
+        /// The query, e.g. "SELECT media, count(*) FROM samples GROUP BY media".
+        query: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show tables, row counts, versions, sizes on disk and schemas.
+    Info {
+        root: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run the main job end to end on built-in synthetic data:
+    /// synth → init → ingest → a few SQL queries → re-ingest (adds nothing).
+    Demo {
+        /// Working directory (default: a new directory under the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Number of synthetic images.
+        #[arg(long, default_value_t = 400)]
+        n: usize,
+        /// Number of synthetic videos.
+        #[arg(long, default_value_t = 6)]
+        videos: usize,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SourceArg {
+    Folder,
+    Webdataset,
+    Parquet,
+}
+
+/// Parse argv, run the command, and return the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            root,
+            embedding_dim,
+        } => {
+            let g = Granary::init(&root, embedding_dim)
+                .await
+                .with_context(|| format!("while creating a granary at {}", root.display()))?;
+            println!(
+                "created granary {} (embedding dim {})",
+                g.root().display(),
+                g.embedding_dim()
+            );
+        }
+        Command::Ingest {
+            root,
+            src,
+            format,
+            image_column,
+            caption_column,
+            key_column,
+            meta_column,
+            source,
+            batch_mb,
+        } => {
+            if !src.exists() {
+                bail!("{}: no such file or directory", src.display());
+            }
+            if batch_mb == 0 {
+                bail!("--batch-mb must be at least 1");
+            }
+            let opts = IngestOptions {
+                format: match format {
+                    SourceArg::Folder => SourceFormat::Folder,
+                    SourceArg::Webdataset => SourceFormat::WebDataset,
+                    SourceArg::Parquet => SourceFormat::Parquet,
+                },
+                parquet: ParquetColumns {
+                    image: image_column,
+                    caption: Some(caption_column).filter(|c| !c.is_empty()),
+                    key: key_column,
+                    meta: meta_column,
+                },
+                source_name: source,
+                batch_bytes: batch_mb << 20,
+                ..IngestOptions::default()
+            };
+            return ingest(&root, &src, &opts).await;
+        }
+        Command::Synth {
+            out,
+            n,
+            videos,
+            seed,
+            skew,
+        } => {
+            let opts = SynthOptions {
+                n,
+                videos,
+                seed,
+                skew: synth::parse_skew(&skew)?,
+                ..SynthOptions::default()
+            };
+            run_synth(&out, &opts)?;
+        }
+        Command::Sql {
+            root,
+            query,
+            format,
+        } => {
+            let g = open(&root).await?;
+            let session = crate::query::Session::open(&g).await?;
+            let (schema, batches) = session.sql(&query).await?;
+            let mut stdout = std::io::stdout().lock();
+            output::write(&mut stdout, format, &schema, &batches)?;
+            stdout.flush()?;
+        }
+        Command::Info { root, format } => {
+            let g = open(&root).await?;
+            info(&g, format).await?;
+        }
+        Command::Demo { dir, n, videos } => demo(dir, n, videos).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open(root: &Path) -> Result<Granary> {
+    Granary::open(root)
+        .await
+        .with_context(|| format!("while opening the granary at {}", root.display()))
+}
+
+const BAR_WITH_TOTAL: &str =
+    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})";
+
+fn bar(total: Option<u64>, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    let template = if total.is_some() {
+        BAR_WITH_TOTAL
+    } else {
+        "{prefix} [{elapsed_precise}] {pos} ({per_sec})"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style);
+    }
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn run_synth(out: &Path, opts: &SynthOptions) -> Result<synth::SynthSummary> {
+    let pb = bar(Some((opts.n + opts.videos) as u64), "synth");
+    let started = Instant::now();
+    let summary = synth::synth(out, opts, &|done| pb.set_position(done))
+        .with_context(|| format!("while generating {}", out.display()))?;
+    pb.finish_and_clear();
+    println!(
+        "synth: wrote {} images and {} videos ({:.1} MB, {} with defects) to {} in {:.1} s",
+        summary.images,
+        summary.videos,
+        summary.bytes as f64 / 1e6,
+        summary.with_defects,
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
+
+struct BarProgress(ProgressBar);
+
+impl storage::IngestProgress for BarProgress {
+    fn total(&self, items: u64) {
+        self.0.set_length(items);
+        if let Ok(style) = ProgressStyle::with_template(BAR_WITH_TOTAL) {
+            self.0.set_style(style);
+        }
+    }
+    fn advance(&self, _bytes: u64) {
+        self.0.inc(1);
+    }
+}
+
+async fn ingest(root: &Path, src: &Path, opts: &IngestOptions) -> Result<ExitCode> {
+    let g = open(root).await?;
+    let pb = bar(None, "ingest");
+    let progress = Arc::new(BarProgress(pb.clone()));
+    let s = storage::ingest::ingest(&g, src, opts, progress)
+        .await
+        .with_context(|| format!("while ingesting {} into {}", src.display(), root.display()))?;
+    pb.finish_and_clear();
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "ingest: {} new samples ({} images, {} videos, {:.1} MB) in {:.1} s ({:.0} samples/s, {:.1} MB/s); {} already present; {} rejected{}",
+        s.ingested,
+        s.images,
+        s.videos,
+        s.bytes as f64 / 1e6,
+        secs,
+        s.ingested as f64 / secs,
+        s.bytes as f64 / 1e6 / secs,
+        s.already_present,
+        s.errors,
+        if s.errors > 0 {
+            " (see the ingest_errors table)"
+        } else {
+            ""
+        }
+    );
+    if s.scanned == 0 {
+        bail!(
+            "no samples found in {} (format {})",
+            src.display(),
+            opts.format.as_str()
+        );
+    }
+    if s.ingested == 0 && s.already_present == 0 {
+        bail!(
+            "nothing could be ingested: all {} samples were rejected (see the ingest_errors table)",
+            s.errors
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn info(g: &Granary, format: Format) -> Result<()> {
+    let tables = g.info().await?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            for t in &tables {
+                let fields: Vec<serde_json::Value> = t
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+                    .collect();
+                let line = serde_json::json!({
+                    "table": t.name, "rows": t.rows, "version": t.version,
+                    "fragments": t.fragments, "size_bytes": t.size_bytes, "fields": fields,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        Format::Table | Format::Csv => {
+            writeln!(
+                out,
+                "granary {} (embedding dim {})",
+                g.root().display(),
+                g.embedding_dim()
+            )?;
+            for t in &tables {
+                writeln!(
+                    out,
+                    "\n{}: {} rows, version {}, {} fragments, {:.1} MB on disk",
+                    t.name,
+                    t.rows,
+                    t.version,
+                    t.fragments,
+                    t.size_bytes as f64 / 1e6
+                )?;
+                for f in t.schema.fields() {
+                    writeln!(
+                        out,
+                        "  {:<14} {}{}",
+                        f.name(),
+                        f.data_type(),
+                        if f.is_nullable() { "" } else { " NOT NULL" }
+                    )?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn demo(dir: Option<PathBuf>, n: usize, videos: usize) -> Result<()> {
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("granary-demo-{}", std::process::id())),
+    };
+    let src = dir.join("synth");
+    let root = dir.join("granary");
+    println!("== granary demo in {}", dir.display());
+    println!("\n== 1. synth: {n} images + {videos} videos");
+    run_synth(
+        &src,
+        &SynthOptions {
+            n,
+            videos,
+            seed: 42,
+            ..SynthOptions::default()
+        },
+    )?;
+    println!("\n== 2. init");
+    let g = Granary::init(&root, storage::schema::DEFAULT_EMBEDDING_DIM)
+        .await
+        .with_context(|| format!("while creating {}", root.display()))?;
+    println!("created {}", g.root().display());
+    println!("\n== 3. ingest");
+    let code = ingest(&root, &src, &IngestOptions::default()).await?;
+    if code != ExitCode::SUCCESS {
+        bail!("demo ingest failed");
+    }
+    let queries = [
+        "SELECT media, format, count(*) AS n, round(avg(width), 1) AS avg_width, round(avg(height), 1) AS avg_height, sum(size_bytes) AS bytes FROM samples GROUP BY media, format ORDER BY media, format",
+        "SELECT width || 'x' || height AS resolution, count(*) AS n FROM samples WHERE media = 'image' GROUP BY 1 ORDER BY n DESC",
+        "SELECT key, frames, round(fps, 1) AS fps, round(duration_s, 2) AS seconds, captions[1]['text'] AS caption FROM samples WHERE media = 'video' ORDER BY key LIMIT 5",
+        "SELECT key, defects[1]['kind'] AS defect, captions[4]['text'] AS zh_caption, aesthetic FROM samples WHERE cardinality(defects) > 0 ORDER BY key LIMIT 5",
+    ];
+    let g = open(&root).await?;
+    let session = crate::query::Session::open(&g).await?;
+    for (i, q) in queries.iter().enumerate() {
+        println!("\n== 4.{} sql: {q}", i + 1);
+        let (schema, batches) = session.sql(q).await?;
+        let mut out = std::io::stdout().lock();
+        output::write(&mut out, Format::Table, &schema, &batches)?;
+    }
+    println!("\n== 5. ingest again: idempotent, adds nothing");
+    ingest(&root, &src, &IngestOptions::default()).await?;
+    println!(
+        "\n== done. Explore it:\n  granary info {}\n  granary sql {} \"SELECT * FROM ingest_errors\"",
+        root.display(),
+        root.display()
+    );
+    Ok(())
+}

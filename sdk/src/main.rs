@@ -1,0 +1,5 @@
+//! The `granary` binary: everything lives in `granary::cli`.
+
+fn main() -> std::process::ExitCode {
+    granary::cli::main()
+}

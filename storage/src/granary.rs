@@ -1,0 +1,221 @@
+//! A granary: one root directory holding Lance datasets, one per table
+//! (`ROOT/samples.lance`, `ROOT/ingest_errors.lance`, …). This module
+//! creates, opens and describes them; it checks the schema version on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatchIterator;
+use arrow::datatypes::{Schema, SchemaRef};
+use lance::Dataset;
+use lance::dataset::{WriteMode, WriteParams};
+
+use crate::error::{Error, Result};
+use crate::schema::{self, META_EMBEDDING_DIM, META_SCHEMA_VERSION, SCHEMA_VERSION};
+
+/// An opened granary root.
+#[derive(Debug, Clone)]
+pub struct Granary {
+    root: PathBuf,
+    embedding_dim: usize,
+}
+
+/// What `granary info` reports about one table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub name: String,
+    pub rows: usize,
+    pub version: u64,
+    pub fragments: usize,
+    pub size_bytes: u64,
+    pub schema: SchemaRef,
+}
+
+impl Granary {
+    /// Create a new granary at `root` (created if missing; must be empty if it exists).
+    pub async fn init(root: &Path, embedding_dim: usize) -> Result<Granary> {
+        if embedding_dim == 0 || embedding_dim > 65_536 {
+            return Err(Error::InvalidInput(format!(
+                "embedding dimension must be in 1..=65536, got {embedding_dim}"
+            )));
+        }
+        if root.join(table_dir(schema::SAMPLES)).exists() {
+            return Err(Error::AlreadyExists(root.to_path_buf()));
+        }
+        if root.exists() {
+            let mut entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
+            if entries.next().is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{} exists and is not empty; give a new or empty directory",
+                    root.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+        let g = Granary {
+            root,
+            embedding_dim,
+        };
+        // `samples` last: its presence is what marks a granary, so an init
+        // killed half-way leaves a directory `init` can be re-run on.
+        g.create_table(schema::INGEST_ERRORS, schema::ingest_errors())
+            .await?;
+        g.create_table(schema::SAMPLES, schema::samples(embedding_dim))
+            .await?;
+        Ok(g)
+    }
+
+    /// Open an existing granary, checking its schema version.
+    pub async fn open(root: &Path) -> Result<Granary> {
+        if !root.is_dir() {
+            return Err(Error::NotAGranary {
+                path: root.to_path_buf(),
+                reason: "no such directory".into(),
+            });
+        }
+        let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+        let samples_dir = root.join(table_dir(schema::SAMPLES));
+        if !samples_dir.is_dir() {
+            return Err(Error::NotAGranary {
+                path: root.clone(),
+                reason: "no samples.lance table (create one with `granary init`)".into(),
+            });
+        }
+        let ds = Dataset::open(&uri(&samples_dir)).await?;
+        let meta = Schema::from(ds.schema()).metadata;
+        check_version(&samples_dir, meta.get(META_SCHEMA_VERSION))?;
+        let embedding_dim = meta
+            .get(META_EMBEDDING_DIM)
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| Error::NotAGranary {
+                path: root.clone(),
+                reason: format!("samples table lacks a valid {META_EMBEDDING_DIM}"),
+            })?;
+        let g = Granary {
+            root,
+            embedding_dim,
+        };
+        if !g.table_path(schema::INGEST_ERRORS).is_dir() {
+            g.create_table(schema::INGEST_ERRORS, schema::ingest_errors())
+                .await?;
+        }
+        Ok(g)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The fixed embedding dimension of this granary's `samples`.
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_dim
+    }
+
+    /// Directory of a table's Lance dataset.
+    pub fn table_path(&self, name: &str) -> PathBuf {
+        self.root.join(table_dir(name))
+    }
+
+    /// Open a table at its latest version, checking its schema version.
+    pub async fn table(&self, name: &str) -> Result<Dataset> {
+        let path = self.table_path(name);
+        if !path.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "granary {} has no table {name}",
+                self.root.display()
+            )));
+        }
+        let ds = Dataset::open(&uri(&path)).await?;
+        let meta = Schema::from(ds.schema()).metadata;
+        if let Some(v) = meta.get(META_SCHEMA_VERSION) {
+            check_version(&path, Some(v))?;
+        }
+        Ok(ds)
+    }
+
+    /// Names of all tables (Lance datasets directly under the root), sorted.
+    pub fn table_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.root, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".lance")
+                && entry.path().is_dir()
+            {
+                names.push(stem.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Row counts, versions, sizes and schemas of every table.
+    pub async fn info(&self) -> Result<Vec<TableInfo>> {
+        let mut out = Vec::new();
+        for name in self.table_names()? {
+            let ds = self.table(&name).await?;
+            out.push(TableInfo {
+                rows: ds.count_rows(None).await?,
+                version: ds.version().version,
+                fragments: ds.count_fragments(),
+                size_bytes: dir_size(&self.table_path(&name))?,
+                schema: Arc::new(Schema::from(ds.schema())),
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn create_table(&self, name: &str, schema: SchemaRef) -> Result<Dataset> {
+        let path = self.table_path(name);
+        let params = WriteParams {
+            mode: WriteMode::Create,
+            ..Default::default()
+        };
+        let empty = RecordBatchIterator::new(Vec::new(), schema);
+        Ok(Dataset::write(empty, uri(&path).as_str(), Some(params)).await?)
+    }
+}
+
+fn check_version(path: &Path, found: Option<&String>) -> Result<()> {
+    match found {
+        Some(v) if v.parse::<u32>().ok() == Some(SCHEMA_VERSION) => Ok(()),
+        Some(v) => Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: v.clone(),
+            supported: SCHEMA_VERSION,
+        }),
+        None => Err(Error::NotAGranary {
+            path: path.to_path_buf(),
+            reason: format!("table has no {META_SCHEMA_VERSION} in its schema metadata"),
+        }),
+    }
+}
+
+fn table_dir(name: &str) -> String {
+    format!("{name}.lance")
+}
+
+/// The string Lance opens a local dataset directory by.
+pub fn uri(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Total size of the files under `path`.
+pub fn dir_size(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let meta = entry.metadata().map_err(|e| Error::io(entry.path(), e))?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
