@@ -28,9 +28,9 @@ pub enum Error {
 /// Longest cell shown in table output, in characters.
 const MAX_CELL: usize = 60;
 
-/// Render every cell of the batches as text.
-fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, Error> {
-    let options = FormatOptions::default().with_null("NULL");
+/// Render every cell of the batches as text, NULL as `null`.
+fn cells(batches: &[RecordBatch], null: &str) -> Result<Vec<Vec<String>>, Error> {
+    let options = FormatOptions::default().with_null(null);
     let mut rows = Vec::new();
     for batch in batches {
         let formatters = batch
@@ -89,7 +89,7 @@ fn is_wide(c: char) -> bool {
 
 fn table(out: &mut dyn Write, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(), Error> {
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let rows: Vec<Vec<String>> = cells(batches)?
+    let rows: Vec<Vec<String>> = cells(batches, "NULL")?
         .into_iter()
         .map(|r| r.iter().map(|c| truncate(c)).collect())
         .collect();
@@ -153,20 +153,9 @@ fn csv(out: &mut dyn Write, schema: &SchemaRef, batches: &[RecordBatch]) -> Resu
         .map(|f| csv_field(f.name()))
         .collect();
     writeln!(out, "{}", header.join(","))?;
-    let options = FormatOptions::default().with_null("");
-    for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()?;
-        for i in 0..batch.num_rows() {
-            let row: Vec<String> = formatters
-                .iter()
-                .map(|f| csv_field(&f.value(i).to_string()))
-                .collect();
-            writeln!(out, "{}", row.join(","))?;
-        }
+    for row in cells(batches, "")? {
+        let row: Vec<String> = row.iter().map(|c| csv_field(c)).collect();
+        writeln!(out, "{}", row.join(","))?;
     }
     Ok(())
 }

@@ -386,6 +386,32 @@ impl Producer {
     }
 }
 
+/// The files a shard-style source names: `src` itself when it is a file, else
+/// the files directly in the directory `src` whose extension is `ext`, sorted.
+pub(crate) fn source_files(src: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    if !src.is_dir() {
+        return Ok(vec![src.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let path = entry.map_err(|e| Error::io(src, e))?.path();
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+        {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: no .{ext} files in this directory",
+            src.display()
+        )));
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// Path as a display string for error rows.
 pub(crate) fn display(path: &Path) -> String {
     path.to_string_lossy().into_owned()

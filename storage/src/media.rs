@@ -326,3 +326,86 @@ fn probe_mp4(b: &[u8]) -> Result<MediaInfo, String> {
         duration_s: Some(secs as f32),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let crc = crc32fast::hash(&c[4..]);
+        c.extend_from_slice(&crc.to_be_bytes());
+        c
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut b = b"\x89PNG\r\n\x1a\n".to_vec();
+        b.extend(chunk(b"IHDR", &ihdr));
+        b.extend(chunk(b"IDAT", &[0x78, 0x9c, 1, 2, 3, 4, 5, 6]));
+        b.extend(chunk(b"IEND", &[]));
+        b
+    }
+
+    fn jpeg(w: u16, h: u16) -> Vec<u8> {
+        let mut b = vec![0xFF, 0xD8];
+        // SOF0: length 17, precision 8, height, width, 3 components.
+        b.extend_from_slice(&[0xFF, 0xC0, 0, 17, 8]);
+        b.extend_from_slice(&h.to_be_bytes());
+        b.extend_from_slice(&w.to_be_bytes());
+        b.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        // SOS: length 12.
+        b.extend_from_slice(&[0xFF, 0xDA, 0, 12, 3, 1, 0, 2, 0x11, 3, 0x11, 0, 63, 0]);
+        b.extend_from_slice(&[0x12, 0x34, 0x56, 0xFF, 0x00, 0x78]);
+        b.extend_from_slice(&[0xFF, 0xD9]);
+        b
+    }
+
+    #[test]
+    fn whole_png_and_jpeg_probe_with_their_dimensions() {
+        let p = probe(&png(320, 192)).unwrap();
+        assert_eq!(
+            (p.format, p.width, p.height, p.frames),
+            (Format::Png, 320, 192, None)
+        );
+        let j = probe(&jpeg(200, 100)).unwrap();
+        assert_eq!((j.format, j.width, j.height), (Format::Jpeg, 200, 100));
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let mut p = png(8, 8);
+        let idat_data = 8 + 25 + 8; // signature, IHDR chunk, IDAT header
+        p[idat_data + 2] ^= 1;
+        assert!(
+            probe(&p)
+                .unwrap_err()
+                .contains("CRC mismatch in chunk IDAT")
+        );
+        let p = png(8, 8);
+        assert!(probe(&p[..p.len() - 6]).unwrap_err().contains("truncated"));
+        let j = jpeg(8, 8);
+        assert!(
+            probe(&j[..j.len() - 2])
+                .unwrap_err()
+                .contains("no end-of-image")
+        );
+        assert!(probe(&j[..20]).unwrap_err().contains("overruns"));
+        assert_eq!(probe(b"").unwrap_err(), "empty file");
+        assert!(probe(b"hello world").unwrap_err().contains("unrecognised"));
+        assert!(
+            probe(b"RIFF\xff\x00\x00\x00WEBPVP8 ")
+                .unwrap_err()
+                .contains("truncated")
+        );
+        assert!(
+            probe(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2")
+                .unwrap_err()
+                .starts_with("mp4")
+        );
+    }
+}

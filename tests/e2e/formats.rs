@@ -65,7 +65,7 @@ fn make_parquet(src: &Path, out: &Path) {
         Field::new("meta", DataType::Utf8, true),
     ]));
     let batch = RecordBatch::try_new(
-        schema.clone(),
+        schema,
         vec![
             Arc::new(image),
             Arc::new(StringArray::from(captions)),
@@ -73,9 +73,13 @@ fn make_parquet(src: &Path, out: &Path) {
         ],
     )
     .unwrap();
-    let f = std::fs::File::create(out).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
-    w.write(&batch).unwrap();
+    write_parquet(out, &batch);
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
     w.close().unwrap();
 }
 
@@ -133,13 +137,8 @@ fn parquet_with_a_wrong_schema_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let pq = dir.path().join("bad.parquet");
     let schema = Arc::new(Schema::new(vec![Field::new("img", DataType::Utf8, true)]));
-    let batch =
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pq).unwrap(), schema, None)
-            .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
+    write_parquet(&pq, &batch);
     let root = dir.path().join("g");
     init(&root);
     let out = run(&[

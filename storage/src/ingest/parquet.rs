@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Schema};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{ParquetColumns, RawItem, Source, display};
+use super::{ParquetColumns, RawItem, Source, display, source_files};
 use crate::error::{Error, Result};
 
 pub(crate) struct ParquetSource {
@@ -23,27 +23,7 @@ pub(crate) struct ParquetSource {
 
 impl ParquetSource {
     pub(crate) fn open(src: &Path, cols: &ParquetColumns) -> Result<ParquetSource> {
-        let mut files = Vec::new();
-        if src.is_dir() {
-            for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-                let path = entry.map_err(|e| Error::io(src, e))?.path();
-                if path
-                    .extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-                {
-                    files.push(path);
-                }
-            }
-            files.sort();
-            if files.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "{}: no .parquet files in this directory",
-                    src.display()
-                )));
-            }
-        } else {
-            files.push(src.to_path_buf());
-        }
+        let files = source_files(src, "parquet")?;
         // Check every file's schema up front: a wrong schema is a usage
         // error for the whole run, not thousands of per-row errors.
         let mut total = 0;

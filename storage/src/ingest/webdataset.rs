@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::{RawItem, Source, display};
+use super::{RawItem, Source, display, source_files};
 use crate::error::{Error, Result};
 use crate::media::Format;
 
@@ -17,28 +17,9 @@ pub(crate) struct Shards {
 
 impl Shards {
     pub(crate) fn open(src: &Path) -> Result<Shards> {
-        let mut shards = Vec::new();
-        if src.is_dir() {
-            for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-                let path = entry.map_err(|e| Error::io(src, e))?.path();
-                if path
-                    .extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("tar"))
-                {
-                    shards.push(path);
-                }
-            }
-            shards.sort();
-            if shards.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "{}: no .tar shards in this directory",
-                    src.display()
-                )));
-            }
-        } else {
-            shards.push(src.to_path_buf());
-        }
-        Ok(Shards { shards })
+        Ok(Shards {
+            shards: source_files(src, "tar")?,
+        })
     }
 }
 
