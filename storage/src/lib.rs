@@ -6,6 +6,7 @@
 //! training. It hands out Lance datasets and Arrow schemas; the layers above
 //! decide what to do with them.
 
+pub mod checkpoint;
 mod error;
 pub mod granary;
 pub mod ingest;
