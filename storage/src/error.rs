@@ -38,6 +38,13 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// Stored data failed an integrity check (checksum, length, truncation).
+    /// The message names the tensor and the file.
+    #[error("corrupt checkpoint: {0}")]
+    Corrupt(String),
+    /// Another writer got there first (two savers on one checkpoint step).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A bug: an invariant of this crate did not hold.
     #[error("internal error (a bug, please report): {0}")]
     Internal(String),
