@@ -76,6 +76,24 @@ impl Session {
         Ok(Session { ctx, tables })
     }
 
+    /// Register the `chunks` and `steps` tables of a checkpoint root.
+    pub async fn open_checkpoint(root: &std::path::Path) -> Result<Session> {
+        let config = SessionConfig::new().with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        let ck = granary_storage::checkpoint::CkptRoot::open(root, false).await?;
+        let mut tables = Vec::new();
+        for name in [
+            granary_storage::checkpoint::meta::CHUNKS,
+            granary_storage::checkpoint::meta::STEPS,
+        ] {
+            let ds = ck.dataset(name).await?;
+            let provider = LanceTableProvider::new(Arc::new(ds), false, false);
+            ctx.register_table(name, Arc::new(provider))?;
+            tables.push(name.to_string());
+        }
+        Ok(Session { ctx, tables })
+    }
+
     /// Names of the registered tables.
     pub fn tables(&self) -> &[String] {
         &self.tables

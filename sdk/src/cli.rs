@@ -85,7 +85,8 @@ enum Command {
         #[arg(long, default_value = "")]
         skew: String,
     },
-    /// Run a read-only SQL query over the granary's tables.
+    /// Run a read-only SQL query over the granary's tables (or, when ROOT is
+    /// a checkpoint root, over its `chunks` and `steps` tables).
     Sql {
         root: PathBuf,
         /// The query, e.g. "SELECT media, count(*) FROM samples GROUP BY media".
@@ -98,6 +99,11 @@ enum Command {
         root: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Checkpoints: list, inspect, verify, diff, reshard, export/import safetensors, gc.
+    Ckpt {
+        #[command(subcommand)]
+        command: crate::ckpt::CkptCommand,
     },
     /// Run the main job end to end on built-in synthetic data:
     /// synth → init → ingest → a few SQL queries → re-ingest (adds nothing).
@@ -231,8 +237,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             query,
             format,
         } => {
-            let g = open(&root).await?;
-            let session = crate::query::Session::open(&g).await?;
+            let session = if root.join("CHECKPOINT.json").is_file() {
+                crate::query::Session::open_checkpoint(&root).await?
+            } else {
+                crate::query::Session::open(&open(&root).await?).await?
+            };
             let (schema, batches) = session.sql(&query).await?;
             let mut stdout = std::io::stdout().lock();
             output::write(&mut stdout, format, &schema, &batches)?;
@@ -243,6 +252,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             info(&g, format).await?;
         }
         Command::Demo { dir, n, videos } => demo(dir, n, videos).await?,
+        Command::Ckpt { command } => return crate::ckpt::run(command).await,
     }
     Ok(ExitCode::SUCCESS)
 }

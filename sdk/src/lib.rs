@@ -5,6 +5,7 @@
 //! codes. Libraries below return typed errors; formatting data for people
 //! (`output`) and generating fixture data (`synth`) live here.
 
+pub mod ckpt;
 pub mod cli;
 pub mod output;
 pub mod synth;

@@ -26,7 +26,7 @@ pub use layout::Region;
 pub use load::{Checkpoint, LoadOptions, LoadReport, Target, TensorInfo, VerifyReport};
 pub use plan::{PlanError, ReadOp, plan_region};
 pub use save::{RegionSpec, SaveHandle, SaveOptions, SaveReport, Saver, Shard, ShardSpec};
-pub use store::{CkptRoot, CommittedStep};
+pub use store::{CkptRoot, CommittedStep, GcReport};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //!
 //! `GRANARY_SLOW_TESTS=1` runs the full-size variants (20k-sample sources).
 
+mod ckpt;
 mod cli;
 mod fixture;
 mod formats;

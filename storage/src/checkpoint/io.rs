@@ -76,9 +76,9 @@ fn pieces<'a>(segs: impl Iterator<Item = (u64, *mut u8, usize)> + 'a) -> VecDequ
         let mut at = 0;
         while at < len {
             let n = PIECE.min(len - at);
-            // SAFETY: `at + n <= len`, so the pointer stays inside the caller's segment.
             out.push_back(Piece {
                 offset: offset + at as u64,
+                // SAFETY: `at + n <= len`, so the pointer stays inside the caller's segment.
                 ptr: unsafe { ptr.add(at) },
                 len: n,
             });
@@ -168,6 +168,7 @@ fn uring_run(file: &File, mut queue: VecDeque<Piece>, write: bool) -> std::io::R
                     // SAFETY: n < p.len, the rest of the same segment.
                     queue.push_front(Piece {
                         offset: p.offset + n as u64,
+                        // SAFETY: n < p.len: the rest of the same segment.
                         ptr: unsafe { p.ptr.add(n) },
                         len: p.len - n,
                     });
@@ -394,7 +395,7 @@ mod tests {
         .unwrap();
         assert_eq!(&ra[..], &a[100..]);
         assert_eq!(rb, b);
-        let mut past = vec![0u8; 10];
+        let mut past = [0u8; 10];
         let err = read_at(&f, &path, &mut [(a.len() as u64 + 5995, &mut past[..])]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
     }

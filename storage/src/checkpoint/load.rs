@@ -108,6 +108,9 @@ struct BlockRef {
     len: u64,
 }
 
+/// One read request of a batch: (span index in the batch, file offset, destination).
+type Req<'a> = (usize, u64, &'a mut [u8]);
+
 struct Span {
     file: usize,
     off: u64,
@@ -373,8 +376,7 @@ impl Checkpoint {
                     let mut errs: Vec<Option<String>> = vec![None; batch.len()];
                     {
                         let mut rest: &mut [u8] = &mut buf;
-                        let mut by_file: BTreeMap<usize, Vec<(usize, u64, &mut [u8])>> =
-                            BTreeMap::new();
+                        let mut by_file: BTreeMap<usize, Vec<Req<'_>>> = BTreeMap::new();
                         for (k, s) in batch.iter().enumerate() {
                             let (head, tail) = rest.split_at_mut(s.len as usize);
                             rest = tail;

@@ -155,7 +155,7 @@ impl ChunkMeta {
                 self.byte_offset, self.byte_len
             )));
         }
-        if self.block_bytes == 0 || self.block_bytes % 8 != 0 {
+        if self.block_bytes == 0 || !self.block_bytes.is_multiple_of(8) {
             return Err(bad(format!(
                 "block_bytes {} is not a positive multiple of 8",
                 self.block_bytes

@@ -210,7 +210,7 @@ impl Saver {
                 "rank {rank} is not in a world of {world_size}"
             )));
         }
-        if opts.block_bytes == 0 || opts.block_bytes % 8 != 0 {
+        if opts.block_bytes == 0 || !opts.block_bytes.is_multiple_of(8) {
             return Err(Error::InvalidInput(format!(
                 "block size {} must be a positive multiple of 8",
                 opts.block_bytes

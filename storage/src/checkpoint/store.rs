@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatchIterator;
 use futures::TryStreamExt;
@@ -385,4 +386,134 @@ fn sync_fs(root: &Path) -> Result<()> {
         return Err(Error::io(root, std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub kept_steps: Vec<u64>,
+    pub removed_steps: Vec<u64>,
+    /// Chunk and step rows of removed steps and of uncommitted attempts.
+    pub rows_deleted: u64,
+    pub dirs_removed: usize,
+    pub bytes_freed: u64,
+}
+
+fn age(path: &Path) -> Duration {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default()
+}
+
+/// `step-N-RUN` → (N, RUN).
+fn parse_attempt(name: &str) -> Option<(u64, String)> {
+    let rest = name.strip_prefix("step-")?;
+    let (n, run) = rest.split_once('-')?;
+    Some((n.parse().ok()?, run.to_string()))
+}
+
+impl CkptRoot {
+    /// Keep the newest `keep_last` committed steps (and the one `latest`
+    /// names); remove the others, and every attempt that never committed,
+    /// once its files are older than `min_age` (a save still running is
+    /// younger). Old Lance versions are cleaned too; `purge_unverified`
+    /// also deletes Lance data files no version references (only safe
+    /// when no save is running).
+    pub async fn gc(
+        &self,
+        keep_last: usize,
+        min_age: Duration,
+        purge_unverified: bool,
+    ) -> Result<GcReport> {
+        let committed = self.committed_steps().await?;
+        let mut by_step: Vec<&CommittedStep> = committed.iter().collect();
+        by_step.sort_by_key(|c| c.step);
+        let cut = by_step.len().saturating_sub(keep_last);
+        let keep: Vec<&CommittedStep> = by_step
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i >= cut || c.is_latest)
+            .map(|(_, c)| *c)
+            .collect();
+        let keep_set: std::collections::HashSet<(u64, String)> =
+            keep.iter().map(|c| (c.step, c.run.clone())).collect();
+        let mut report = GcReport {
+            kept_steps: keep.iter().map(|c| c.step).collect(),
+            ..Default::default()
+        };
+        // Attempts too young to judge: their staging directory was touched recently.
+        let mut young: std::collections::HashSet<(u64, String)> = Default::default();
+        let staging = self.root.join("staging");
+        if let Ok(rd) = std::fs::read_dir(&staging) {
+            for e in rd.flatten() {
+                if let Some(a) = e.file_name().to_str().and_then(parse_attempt)
+                    && age(&e.path()) < min_age
+                {
+                    young.insert(a);
+                }
+            }
+        }
+        let mut chunks = self.dataset(meta::CHUNKS).await?;
+        for c in &committed {
+            if !keep_set.contains(&(c.step, c.run.clone())) {
+                chunks.tags().delete(&step_tag(c.step)).await?;
+                report.removed_steps.push(c.step);
+            }
+        }
+        // Rows to keep: kept steps and young attempts.
+        let keep_pred: Vec<String> = keep_set
+            .iter()
+            .chain(young.iter())
+            .map(|(s, r)| format!("(step = {s} AND run = '{r}')"))
+            .collect();
+        let pred = if keep_pred.is_empty() {
+            "true".to_string()
+        } else {
+            format!("NOT ({})", keep_pred.join(" OR "))
+        };
+        let mut steps = self.dataset(meta::STEPS).await?;
+        for ds in [&mut chunks, &mut steps] {
+            let before = ds.count_rows(None).await? as u64;
+            ds.delete(&pred).await?;
+            report.rows_deleted += before - ds.count_rows(None).await? as u64;
+        }
+        // Chunk files and staging directories of attempts that are neither kept nor young.
+        for sub in ["data", "staging"] {
+            let dir = self.root.join(sub);
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Some(a) = e.file_name().to_str().and_then(parse_attempt) else {
+                    continue;
+                };
+                let committed_kept = keep_set.contains(&a);
+                // Staging of a kept step is only needed until every rank saw COMMITTED.
+                let drop = if sub == "data" {
+                    !committed_kept && !young.contains(&a)
+                } else {
+                    age(&e.path()) >= min_age
+                };
+                if drop {
+                    report.bytes_freed += crate::granary::dir_size(&e.path()).unwrap_or(0);
+                    std::fs::remove_dir_all(e.path()).map_err(|x| Error::io(e.path(), x))?;
+                    report.dirs_removed += 1;
+                }
+            }
+        }
+        for ds in [&chunks, &steps] {
+            let policy = lance::dataset::cleanup::CleanupPolicy {
+                before_version: Some(ds.version().version),
+                delete_unverified: purge_unverified,
+                error_if_tagged_old_versions: false,
+                ..Default::default()
+            };
+            let stats = ds.cleanup_with_policy(policy).await?;
+            report.bytes_freed += stats.bytes_removed;
+        }
+        report.removed_steps.sort_unstable();
+        Ok(report)
+    }
 }

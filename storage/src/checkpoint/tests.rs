@@ -184,7 +184,14 @@ fn every_dtype_round_trips_bit_exactly_with_both_codecs() {
             block_bytes: 64,
             ..quick()
         };
-        save_world(dir.path(), 1, "r1", &tensors, &[whole.clone()], &opts);
+        save_world(
+            dir.path(),
+            1,
+            "r1",
+            &tensors,
+            std::slice::from_ref(&whole),
+            &opts,
+        );
         check_load(dir.path(), None, &tensors, &[whole]);
         let ck = rt()
             .block_on(Checkpoint::open(dir.path(), Some(1)))
@@ -479,7 +486,7 @@ fn flipped_byte_and_truncated_file_fail_load_and_verify_naming_tensor_and_file()
         block_bytes: 4096,
         ..quick()
     };
-    save_world(dir.path(), 1, "x", &t, &[whole.clone()], &opts);
+    save_world(dir.path(), 1, "x", &t, std::slice::from_ref(&whole), &opts);
     let file = dir.path().join("data/step-1-x/rank-0.bin");
     let pristine = std::fs::read(&file).unwrap();
 
@@ -568,7 +575,14 @@ fn a_second_saver_on_a_committed_step_gets_a_clear_error() {
         full: tensor_bytes(1, 4, DType::F32),
     }];
     let whole = vec![Region::full(&[4])];
-    save_world(dir.path(), 5, "first", &t, &[whole.clone()], &quick());
+    save_world(
+        dir.path(),
+        5,
+        "first",
+        &t,
+        std::slice::from_ref(&whole),
+        &quick(),
+    );
     let saver = rt()
         .block_on(Saver::new(dir.path(), 0, 1, "second", quick()))
         .unwrap();
