@@ -368,11 +368,14 @@ impl Checkpoint {
         let mut total = 0u64;
         std::thread::scope(|sc| -> Result<()> {
             let (tx, rx) = sync_channel::<(Vec<Span>, Vec<u8>, Vec<Option<String>>)>(1);
+            // Buffers come back for reuse, so steady state faults in no new memory.
+            let (give_back, recycled) = sync_channel::<Vec<u8>>(3);
             let paths = &paths;
             sc.spawn(move || {
                 let mut open: HashMap<usize, std::result::Result<File, String>> = HashMap::new();
                 for batch in batches {
-                    let mut buf = vec![0u8; batch.iter().map(|s| s.len as usize).sum()];
+                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    buf.resize(batch.iter().map(|s| s.len as usize).sum(), 0);
                     let mut errs: Vec<Option<String>> = vec![None; batch.len()];
                     {
                         let mut rest: &mut [u8] = &mut buf;
@@ -453,6 +456,7 @@ impl Checkpoint {
                         f(b.chunk, b.block, res)?;
                     }
                 }
+                let _ = give_back.try_send(buf);
             }
             Ok(())
         })?;

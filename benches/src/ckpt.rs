@@ -1,0 +1,494 @@
+//! Checkpoint bench: synthetic transformer-like state (parameters plus two
+//! Adam moments, mixed bf16/f32, shapes like [4096,4096] and [4096,11008]
+//! and odd ones) saved by N rank processes and loaded by M rank processes
+//! under another layout. Prints JSON lines: save stall, save and load
+//! throughput and per-rank peak RSS, next to baselines measured in the same
+//! run on the same disk (memcpy of each rank's bytes; sequential write +
+//! fsync and sequential read of the same byte count), and the ratios.
+//!
+//! ```text
+//! cargo run --release -p granary-benches --bin ckpt -- [--gib 1.0] [--dir DIR] [--scenario all|rows2-cols3|rows2-1|flat4-rows2]
+//! ```
+//! Where `/proc/sys/vm/drop_caches` is writable, loads and the read
+//! baseline also run cold (`"cold": true`); otherwise they are served from
+//! the page cache and say so.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use granary_storage::checkpoint::{
+    Checkpoint, DType, LoadOptions, Region, SaveOptions, Saver, Shard, Target,
+};
+use serde_json::json;
+
+struct T {
+    fqn: String,
+    dtype: DType,
+    shape: Vec<u64>,
+}
+
+/// The model state: `layers` transformer blocks plus odd-shaped extras; each
+/// parameter has `exp_avg` and `exp_avg_sq` of the same dtype and shape.
+fn model(gib: f64) -> Vec<T> {
+    let h = 4096u64;
+    let ff = 11008u64;
+    let per_layer = (h * h + 2 * h * ff) * 2 + h * 4; // bf16 matrices + f32 norm
+    let layers = ((gib * (1u64 << 30) as f64) / per_layer as f64)
+        .round()
+        .max(1.0) as usize;
+    let mut params = vec![
+        ("pos_embed".to_string(), DType::F32, vec![1, 257, 1024]),
+        ("final_norm.weight".to_string(), DType::F32, vec![4097]),
+    ];
+    for l in 0..layers {
+        params.push((format!("layers.{l}.attn.w"), DType::BF16, vec![h, h]));
+        params.push((format!("layers.{l}.mlp.w1"), DType::BF16, vec![h, ff]));
+        params.push((format!("layers.{l}.mlp.w2"), DType::BF16, vec![ff, h]));
+        params.push((format!("layers.{l}.norm.weight"), DType::F32, vec![h]));
+    }
+    let mut out = Vec::new();
+    for (name, dtype, shape) in params {
+        for prefix in ["model.", "optim.exp_avg.", "optim.exp_avg_sq."] {
+            out.push(T {
+                fqn: format!("{prefix}{name}"),
+                dtype,
+                shape: shape.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn numel(s: &[u64]) -> u64 {
+    s.iter().product()
+}
+
+/// Byte `i` of the region's data: a function of the tensor and the global
+/// element index, so any layout can be checked against any other.
+fn fill(t: &T, region: &Region, buf: &mut [u8]) {
+    let seed = xxhash_rust::xxh3::xxh3_64(t.fqn.as_bytes());
+    let es = t.dtype.size();
+    let mut at = 0;
+    for r in region.runs(&t.shape) {
+        for g in r.start..r.start + r.len {
+            let v = (g ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
+            buf[at..at + es].copy_from_slice(&v[..es]);
+            at += es;
+        }
+    }
+}
+
+fn split(t: &T, n: u64, dim: usize, k: u64) -> Region {
+    let d = dim.min(t.shape.len() - 1);
+    let (a, b) = (t.shape[d] * k / n, t.shape[d] * (k + 1) / n);
+    let mut offsets = vec![0; t.shape.len()];
+    let mut lengths = t.shape.clone();
+    offsets[d] = a;
+    lengths[d] = b - a;
+    Region::Box { offsets, lengths }
+}
+
+/// Per rank, (tensor index, region) pairs.
+fn layout(kind: &str, tensors: &[T]) -> Result<Vec<Vec<(usize, Region)>>> {
+    let boxes = |n: u64, dim: usize| -> Vec<Vec<(usize, Region)>> {
+        (0..n)
+            .map(|k| {
+                tensors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (i, split(t, n, dim, k)))
+                    .collect()
+            })
+            .collect()
+    };
+    Ok(match kind {
+        "rows2" => boxes(2, 0),
+        "cols3" => boxes(3, usize::MAX),
+        "rows1" => boxes(1, 0),
+        "flat4" => {
+            // FSDP: all tensors concatenated, cut into 4 equal flat ranges that cross tensor boundaries.
+            let total: u64 = tensors.iter().map(|t| numel(&t.shape)).sum();
+            (0..4u64)
+                .map(|k| {
+                    let (lo, hi) = (total * k / 4, total * (k + 1) / 4);
+                    let mut start = 0;
+                    let mut v = Vec::new();
+                    for (i, t) in tensors.iter().enumerate() {
+                        let n = numel(&t.shape);
+                        let (a, b) = (
+                            lo.clamp(start, start + n) - start,
+                            hi.clamp(start, start + n) - start,
+                        );
+                        if b > a {
+                            v.push((
+                                i,
+                                Region::Flat {
+                                    start: a,
+                                    len: b - a,
+                                },
+                            ));
+                        }
+                        start += n;
+                    }
+                    v
+                })
+                .collect()
+        }
+        other => bail!("unknown layout {other}"),
+    })
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn drop_caches() -> bool {
+    // SAFETY: sync() has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Save as `rank` of `layout`, twice (step 1 warms the buffer pool; step 2
+/// is the steady state). Prints one JSON line.
+fn child_save(root: &Path, gib: f64, kind: &str, rank: usize, run: &str) -> Result<()> {
+    let tensors = model(gib);
+    let lay = layout(kind, &tensors)?;
+    let mine = &lay[rank];
+    let mut bufs: Vec<Vec<u8>> = mine
+        .iter()
+        .map(|(i, r)| {
+            let mut b = vec![0u8; (r.numel() as usize) * tensors[*i].dtype.size()];
+            fill(&tensors[*i], r, &mut b);
+            b
+        })
+        .collect();
+    let bytes: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+    // Baseline: memcpy of the same bytes into a buffer that is already faulted in.
+    let mut dst = vec![1u8; bytes as usize];
+    let t = Instant::now();
+    let mut at = 0;
+    for b in &bufs {
+        dst[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    }
+    let memcpy_s = t.elapsed().as_secs_f64();
+    std::hint::black_box(&dst);
+    drop(dst);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let saver = rt.block_on(Saver::new(
+        root,
+        rank as u32,
+        lay.len() as u32,
+        run,
+        SaveOptions::default(),
+    ))?;
+    let mut out = Vec::new();
+    // Some shards are empty (a 1-row tensor cut in two); flip a byte of a non-empty one.
+    let flip = bufs
+        .iter()
+        .position(|b| !b.is_empty())
+        .context("this rank holds no bytes")?;
+    for step in 1..=2u64 {
+        bufs[flip][0] ^= step as u8; // the state changes between steps
+        let shards: Vec<Shard> = mine
+            .iter()
+            .zip(&bufs)
+            .map(|((i, r), b)| Shard {
+                fqn: tensors[*i].fqn.clone(),
+                dtype: tensors[*i].dtype,
+                global_shape: tensors[*i].shape.clone(),
+                region: r.clone(),
+                data: b,
+            })
+            .collect();
+        let h = saver.save_async(step, &shards, b"{\"step\": 2}")?;
+        let stall = h.stall.as_secs_f64();
+        let r = h.wait()?;
+        out.push(
+            json!({"step": step, "stall_s": stall, "total_s": r.total.as_secs_f64(),
+                        "written": r.bytes_written, "plan_cache_hit": r.plan_cache_hit}),
+        );
+    }
+    bufs[flip][0] ^= 1 ^ 2; // back to the pristine values for the load check
+    println!(
+        "{}",
+        json!({"rank": rank, "bytes": bytes, "memcpy_s": memcpy_s, "steps": out, "engine": format!("{:?}", granary_storage::checkpoint::io::engine())})
+    );
+    Ok(())
+}
+
+/// Load step 2 as `rank` of `layout`; checks a sample of every target.
+fn child_load(root: &Path, gib: f64, kind: &str, rank: usize) -> Result<()> {
+    let tensors = model(gib);
+    let lay = layout(kind, &tensors)?;
+    let mine = &lay[rank];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ck = rt.block_on(Checkpoint::open(root, Some(2)))?;
+    // The caller's buffers are resident (a trainer's parameters are): fill
+    // them first so the timing does not count first-touch page faults.
+    let mut bufs: Vec<Vec<u8>> = mine
+        .iter()
+        .map(|(i, r)| vec![0xa5u8; r.numel() as usize * tensors[*i].dtype.size()])
+        .collect();
+    let owned: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+    let t = Instant::now();
+    let mut targets: Vec<Target> = mine
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|((i, r), b)| Target {
+            fqn: tensors[*i].fqn.clone(),
+            dtype: tensors[*i].dtype,
+            region: r.clone(),
+            buf: b,
+        })
+        .collect();
+    let rep = ck.load(&mut targets, &LoadOptions::default())?;
+    let secs = t.elapsed().as_secs_f64();
+    drop(targets);
+    // Check: every target equals the generator, except the one byte step 2 flipped.
+    let mut checked = 0u64;
+    for ((i, r), b) in mine.iter().zip(&bufs) {
+        let mut want = vec![0u8; b.len()];
+        fill(&tensors[*i], r, &mut want);
+        let diff = want.iter().zip(b).filter(|(x, y)| x != y).count();
+        if diff > 1 {
+            bail!(
+                "rank {rank}: {} {r:?}: {diff} bytes differ from the saved state",
+                tensors[*i].fqn
+            );
+        }
+        checked += b.len() as u64;
+    }
+    println!(
+        "{}",
+        json!({"rank": rank, "owned": owned, "load_s": secs, "bytes_read": rep.bytes_read, "requests": rep.read_requests, "checked": checked})
+    );
+    Ok(())
+}
+
+/// Run `args` as child processes at once; their JSON lines and peak RSS (MiB).
+fn children(args: Vec<Vec<String>>) -> Result<(Vec<serde_json::Value>, Vec<f64>, f64)> {
+    let t = Instant::now();
+    let mut kids = Vec::new();
+    for a in args {
+        let c = Command::new(std::env::current_exe()?)
+            .args(&a)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        kids.push(c);
+    }
+    let mut lines = Vec::new();
+    let mut rss = Vec::new();
+    for mut c in kids {
+        let mut s = String::new();
+        c.stdout.take().expect("piped").read_to_string(&mut s)?;
+        let (code, maxrss) = wait_with_rusage(c.id() as i32)?;
+        if code != 0 {
+            bail!("a rank process failed with status {code}");
+        }
+        lines.push(serde_json::from_str(s.trim()).context("child output")?);
+        rss.push(maxrss as f64 / 1024.0);
+    }
+    Ok((lines, rss, t.elapsed().as_secs_f64()))
+}
+
+fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child, and both pointers are to live locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    Ok((
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+        usage.ru_maxrss,
+    ))
+}
+
+/// Sequential write + fsync, then sequential reads of `bytes`: warm (page
+/// cache) and, where caches can be dropped, cold.
+fn baselines(dir: &Path, bytes: u64) -> Result<(f64, f64, Option<f64>)> {
+    let path = dir.join("baseline.bin");
+    let block = vec![7u8; 8 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    let write_s = t.elapsed().as_secs_f64();
+    let read = || -> Result<f64> {
+        let t = Instant::now();
+        let mut f = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; 8 << 20];
+        while f.read(&mut buf)? > 0 {}
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let warm_s = read()?;
+    let cold_s = if drop_caches() { Some(read()?) } else { None };
+    std::fs::remove_file(&path)?;
+    Ok((write_s, warm_s, cold_s))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let gib: f64 = arg(&args, "--gib").unwrap_or("1.0").parse()?;
+    if let Some(i) = args.iter().position(|a| a == "--child-save") {
+        let a = &args[i + 1..];
+        return child_save(Path::new(&a[0]), gib, &a[1], a[2].parse()?, &a[3]);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--child-load") {
+        let a = &args[i + 1..];
+        return child_load(Path::new(&a[0]), gib, &a[1], a[2].parse()?);
+    }
+    let work: PathBuf = match arg(&args, "--dir") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("granary-bench-ckpt-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work)?;
+    let which = arg(&args, "--scenario").unwrap_or("all");
+    let tensors = model(gib);
+    let total: u64 = tensors
+        .iter()
+        .map(|t| numel(&t.shape) * t.dtype.size() as u64)
+        .sum();
+    println!(
+        "{}",
+        json!({"bench": "ckpt", "what": "model", "tensors": tensors.len(), "bytes": total, "gib_params": gib})
+    );
+    for (name, save_kind, load_kind) in [
+        ("rows2-cols3", "rows2", "cols3"),
+        ("rows2-1", "rows2", "rows1"),
+        ("flat4-rows2", "flat4", "rows2"),
+    ] {
+        if which != "all" && which != name {
+            continue;
+        }
+        let root = work.join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        let (write_s, warm_read_s, cold_read_s) = baselines(&work, total)?;
+        let n_save = layout(save_kind, &tensors)?.len();
+        let run = format!("bench{}", std::process::id());
+        let save_args = (0..n_save)
+            .map(|r| {
+                [
+                    "--gib",
+                    &gib.to_string(),
+                    "--child-save",
+                    root.to_str().unwrap(),
+                    save_kind,
+                    &r.to_string(),
+                    &run,
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+            .collect();
+        let (saves, save_rss, _) = children(save_args)?;
+        let stall_ratio = saves
+            .iter()
+            .map(|s| s["steps"][1]["stall_s"].as_f64().unwrap() / s["memcpy_s"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        let save_total = saves
+            .iter()
+            .map(|s| s["steps"][1]["total_s"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        let written: u64 = saves
+            .iter()
+            .map(|s| s["steps"][1]["written"].as_u64().unwrap())
+            .sum();
+        let (save_gbs, write_gbs) = (
+            written as f64 / 1e9 / save_total,
+            total as f64 / 1e9 / write_s,
+        );
+        println!(
+            "{}",
+            json!({"bench": "ckpt", "scenario": name, "what": "save", "ranks": n_save, "per_rank": saves, "peak_rss_mib": save_rss,
+                   "save_total_s": save_total, "save_gb_per_s": save_gbs, "baseline_write_fsync_gb_per_s": write_gbs,
+                   "stall_over_memcpy": stall_ratio, "save_over_write": save_gbs / write_gbs})
+        );
+        let n_load = layout(load_kind, &tensors)?.len();
+        for cold in [false, true] {
+            if cold && !drop_caches() {
+                println!(
+                    "{}",
+                    json!({"bench": "ckpt", "scenario": name, "what": "load", "cold": true, "skipped": "drop_caches is not writable here"})
+                );
+                continue;
+            }
+            let load_args = (0..n_load)
+                .map(|r| {
+                    [
+                        "--gib",
+                        &gib.to_string(),
+                        "--child-load",
+                        root.to_str().unwrap(),
+                        load_kind,
+                        &r.to_string(),
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                })
+                .collect();
+            let (loads, load_rss, wall) = children(load_args)?;
+            let load_s = loads
+                .iter()
+                .map(|l| l["load_s"].as_f64().unwrap())
+                .fold(0.0, f64::max);
+            let read_s = if cold {
+                cold_read_s.expect("caches were dropped")
+            } else {
+                warm_read_s
+            };
+            let (load_gbs, read_gbs) = (total as f64 / 1e9 / load_s, total as f64 / 1e9 / read_s);
+            let rss_ok = loads.iter().zip(&load_rss).all(|(l, rss)| {
+                *rss <= 1.25 * l["owned"].as_f64().unwrap() / (1 << 20) as f64 + 256.0
+            });
+            println!(
+                "{}",
+                json!({"bench": "ckpt", "scenario": name, "what": "load", "ranks": n_load, "cold": cold, "page_cache": !cold,
+                       "per_rank": loads, "peak_rss_mib": load_rss, "load_s": load_s, "wall_s": wall,
+                       "load_gb_per_s": load_gbs, "baseline_read_gb_per_s": read_gbs,
+                       "load_over_read": load_gbs / read_gbs, "rss_within_target": rss_ok})
+            );
+            {
+                let pass = stall_ratio <= 1.2
+                    && save_gbs / write_gbs >= 0.9
+                    && load_gbs / read_gbs >= 0.85
+                    && rss_ok;
+                println!(
+                    "{}",
+                    json!({"bench": "ckpt", "scenario": name, "what": "ratio", "cold": cold,
+                           "stall_over_memcpy": stall_ratio, "target_stall": 1.2,
+                           "save_over_write": save_gbs / write_gbs, "target_save": 0.9,
+                           "load_over_read": load_gbs / read_gbs, "target_load": 0.85,
+                           "rss_within_target": rss_ok, "pass": pass})
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    if arg(&args, "--dir").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
