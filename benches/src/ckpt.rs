@@ -19,6 +19,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use granary_benches::{drop_caches, wait_with_rusage};
 use granary_storage::checkpoint::{
     Checkpoint, DType, LoadOptions, Region, SaveOptions, Saver, Shard, Target,
 };
@@ -146,12 +147,6 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
-}
-
-fn drop_caches() -> bool {
-    // SAFETY: sync() has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
 /// Save as `rank` of `layout`, twice (step 1 warms the buffer pool; step 2
@@ -300,25 +295,6 @@ fn children(args: Vec<Vec<String>>) -> Result<(Vec<serde_json::Value>, Vec<f64>,
         rss.push(maxrss as f64 / 1024.0);
     }
     Ok((lines, rss, t.elapsed().as_secs_f64()))
-}
-
-fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child, and both pointers are to live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if r < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    Ok((
-        if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
-        usage.ru_maxrss,
-    ))
 }
 
 /// Sequential write + fsync, then sequential reads of `bytes`: warm (page

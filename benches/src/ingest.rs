@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use granary_benches::{drop_caches, wait_with_rusage};
 use serde_json::json;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -169,27 +170,4 @@ fn read_and_hash(src: &Path) -> Result<(usize, u64, usize, u64)> {
     }
     std::hint::black_box(fold);
     Ok((all.len(), bytes, media_files, media))
-}
-
-fn drop_caches() -> bool {
-    // SAFETY: sync() has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value to be overwritten by wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child, and both pointers are to live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if r < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Ok((code, usage.ru_maxrss))
 }
