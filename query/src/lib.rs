@@ -91,6 +91,37 @@ impl Session {
             ctx.register_table(name, Arc::new(provider))?;
             tables.push(name.to_string());
         }
+        // `committed`: the (step, run) pairs the step tags make visible, to
+        // join with `chunks`/`steps` (which also hold rows of crashed or
+        // beaten attempts until `granary ckpt gc`).
+        let steps = ck.committed_steps().await?;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("step", arrow::datatypes::DataType::UInt64, false),
+            arrow::datatypes::Field::new("run", arrow::datatypes::DataType::Utf8, false),
+            arrow::datatypes::Field::new("version", arrow::datatypes::DataType::UInt64, false),
+            arrow::datatypes::Field::new("latest", arrow::datatypes::DataType::Boolean, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::UInt64Array::from_iter_values(
+                    steps.iter().map(|s| s.step),
+                )),
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    steps.iter().map(|s| s.run.as_str()),
+                )),
+                Arc::new(arrow::array::UInt64Array::from_iter_values(
+                    steps.iter().map(|s| s.version),
+                )),
+                Arc::new(arrow::array::BooleanArray::from_iter(
+                    steps.iter().map(|s| Some(s.is_latest)),
+                )),
+            ],
+        )
+        .map_err(|e| Error::Execution(DataFusionError::ArrowError(Box::new(e), None)))?;
+        let mem = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
+        ctx.register_table("committed", Arc::new(mem))?;
+        tables.push("committed".to_string());
         Ok(Session { ctx, tables })
     }
 

@@ -311,4 +311,15 @@ fn safetensors_round_trip_with_python_and_sql_over_the_index() {
         rows[0]["raw"],
         33 * 17 * 4 + 5 * 9 * 2 + 7 * 8 + 16 * 8 + 6 + 3 + 4
     );
+    // Only committed rows, through the `committed` table.
+    let rows = fixture::sql(
+        &root,
+        "SELECT c.step, count(*) AS n FROM chunks c JOIN committed k \
+         ON c.step = k.step AND c.run = k.run WHERE k.latest GROUP BY c.step",
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["step"].as_u64(), rows[0]["n"].as_u64()),
+        (Some(3), Some(7))
+    );
 }
