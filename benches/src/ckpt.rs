@@ -185,6 +185,8 @@ fn child_save(root: &Path, gib: f64, kind: &str, rank: usize, run: &str) -> Resu
         run,
         SaveOptions::default(),
     ))?;
+    // A trainer reserves the snapshot buffer at startup: shards are 4 KiB-aligned in it.
+    saver.reserve(bufs.iter().map(|b| b.len().next_multiple_of(4096)).sum());
     let mut out = Vec::new();
     // Some shards are empty (a 1-row tensor cut in two); flip a byte of a non-empty one.
     let flip = bufs

@@ -355,6 +355,17 @@ impl BufferPool {
         b
     }
 
+    /// Allocate a buffer of `len` bytes now and touch every page, so the
+    /// first save's snapshot does not pay for page faults.
+    pub fn reserve(&self, len: usize) {
+        let mut b = AlignedBuf::new(len);
+        for page in b.chunks_mut(ALIGN) {
+            page[0] = 0;
+            std::hint::black_box(&page[0]);
+        }
+        self.give(b);
+    }
+
     /// Give a buffer back for the next save.
     pub fn give(&self, buf: AlignedBuf) {
         let mut free = self.free.lock().expect("pool lock");
@@ -411,5 +422,9 @@ mod tests {
         let c = pool.take(5_000);
         assert_eq!(c.as_ptr(), p, "the freed buffer is reused");
         assert_eq!(c.len(), 5_000);
+        let pool = BufferPool::default();
+        pool.reserve(1 << 20);
+        let r = pool.take(100_000);
+        assert_eq!(r.capacity(), 1 << 20, "take() uses the reserved buffer");
     }
 }

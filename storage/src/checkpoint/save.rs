@@ -233,6 +233,12 @@ impl Saver {
         &self.root
     }
 
+    /// Allocate and fault in the snapshot buffer for `bytes` of shards now
+    /// (at startup), so the first `save_async` stalls only for the copy.
+    pub fn reserve(&self, bytes: usize) {
+        self.pool.reserve(bytes);
+    }
+
     /// Snapshot `shards` and `extra` (user state, stored with the step) and
     /// save them as `step` in the background. Returns once the bytes are
     /// copied; the caller may then modify its tensors.
