@@ -82,16 +82,6 @@ fn fill(t: &T, region: &Region, buf: &mut [u8]) {
     }
 }
 
-fn split(t: &T, n: u64, dim: usize, k: u64) -> Region {
-    let d = dim.min(t.shape.len() - 1);
-    let (a, b) = (t.shape[d] * k / n, t.shape[d] * (k + 1) / n);
-    let mut offsets = vec![0; t.shape.len()];
-    let mut lengths = t.shape.clone();
-    offsets[d] = a;
-    lengths[d] = b - a;
-    Region::Box { offsets, lengths }
-}
-
 /// Per rank, (tensor index, region) pairs.
 fn layout(kind: &str, tensors: &[T]) -> Result<Vec<Vec<(usize, Region)>>> {
     let boxes = |n: u64, dim: usize| -> Vec<Vec<(usize, Region)>> {
@@ -100,7 +90,7 @@ fn layout(kind: &str, tensors: &[T]) -> Result<Vec<Vec<(usize, Region)>>> {
                 tensors
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| (i, split(t, n, dim, k)))
+                    .map(|(i, t)| (i, Region::split_dim(&t.shape, dim, n, k)))
                     .collect()
             })
             .collect()

@@ -247,19 +247,14 @@ fn expand_layout(layout: LayoutFile, ck: &Checkpoint) -> Result<Vec<Vec<(String,
             let k = world_size as u64;
             let mut out = vec![Vec::new(); world_size as usize];
             for t in &tensors {
-                if t.global_shape.is_empty() {
-                    out[0].push((t.fqn.clone(), Region::full(&t.global_shape)));
-                    continue;
-                }
-                let d = split_dim.min(t.global_shape.len() - 1);
                 for (r, v) in out.iter_mut().enumerate() {
-                    let r = r as u64;
-                    let (a, b) = (t.global_shape[d] * r / k, t.global_shape[d] * (r + 1) / k);
-                    let mut offsets = vec![0; t.global_shape.len()];
-                    let mut lengths = t.global_shape.clone();
-                    offsets[d] = a;
-                    lengths[d] = b - a;
-                    v.push((t.fqn.clone(), Region::Box { offsets, lengths }));
+                    if t.global_shape.is_empty() && r > 0 {
+                        break; // a scalar goes to rank 0 only
+                    }
+                    v.push((
+                        t.fqn.clone(),
+                        Region::split_dim(&t.global_shape, split_dim, k, r as u64),
+                    ));
                 }
             }
             Ok(out)
@@ -438,13 +433,11 @@ pub async fn run(cmd: CkptCommand) -> Result<ExitCode> {
                         })?;
                         let numel = full.numel() as usize;
                         let (mut diff_n, mut max) = (0usize, 0f64);
+                        let es = x.dtype.size();
                         for i in 0..numel {
-                            let (va, vb) = (x.dtype.get_f64(&ba, i), x.dtype.get_f64(&bb, i));
-                            if ba[i * x.dtype.size()..(i + 1) * x.dtype.size()]
-                                != bb[i * x.dtype.size()..(i + 1) * x.dtype.size()]
-                            {
+                            if ba[i * es..(i + 1) * es] != bb[i * es..(i + 1) * es] {
                                 diff_n += 1;
-                                let d = (va - vb).abs();
+                                let d = (x.dtype.get_f64(&ba, i) - x.dtype.get_f64(&bb, i)).abs();
                                 max = if d.is_nan() { f64::NAN } else { max.max(d) };
                             }
                         }
@@ -501,8 +494,12 @@ pub async fn run(cmd: CkptCommand) -> Result<ExitCode> {
             let ranks = expand_layout(lf, &ck)?;
             let world = ranks.len() as u32;
             let run = new_run();
-            let dtypes: BTreeMap<String, DType> =
-                ck.tensors().into_iter().map(|t| (t.fqn, t.dtype)).collect();
+            // Tensor → (dtype, global shape), once for all ranks.
+            let info: BTreeMap<String, (DType, Vec<u64>)> = ck
+                .tensors()
+                .into_iter()
+                .map(|t| (t.fqn, (t.dtype, t.global_shape)))
+                .collect();
             let stepn = ck.step.step;
             let extra = ck.extra().to_vec();
             let reports = tokio::task::block_in_place(|| {
@@ -511,12 +508,12 @@ pub async fn run(cmd: CkptCommand) -> Result<ExitCode> {
                         .iter()
                         .enumerate()
                         .map(|(r, regions)| {
-                            let (ck, out, run, dtypes, extra) = (&ck, &out, &run, &dtypes, &extra);
+                            let (ck, out, run, info, extra) = (&ck, &out, &run, &info, &extra);
                             s.spawn(move || -> Result<crate::storage::checkpoint::SaveReport> {
                                 let mut bufs: Vec<Vec<u8>> = regions
                                     .iter()
                                     .map(|(f, reg)| {
-                                        vec![0u8; reg.numel() as usize * dtypes[f].size()]
+                                        vec![0u8; reg.numel() as usize * info[f].0.size()]
                                     })
                                     .collect();
                                 let mut targets: Vec<Target> = regions
@@ -524,25 +521,20 @@ pub async fn run(cmd: CkptCommand) -> Result<ExitCode> {
                                     .zip(bufs.iter_mut())
                                     .map(|((f, reg), b)| Target {
                                         fqn: f.clone(),
-                                        dtype: dtypes[f],
+                                        dtype: info[f].0,
                                         region: reg.clone(),
                                         buf: b,
                                     })
                                     .collect();
                                 ck.load(&mut targets, &LoadOptions::default())?;
                                 drop(targets);
-                                let shapes: BTreeMap<String, Vec<u64>> = ck
-                                    .tensors()
-                                    .into_iter()
-                                    .map(|t| (t.fqn, t.global_shape))
-                                    .collect();
                                 let shards: Vec<Shard> = regions
                                     .iter()
                                     .zip(&bufs)
                                     .map(|((f, reg), b)| Shard {
                                         fqn: f.clone(),
-                                        dtype: dtypes[f],
-                                        global_shape: shapes[f].clone(),
+                                        dtype: info[f].0,
+                                        global_shape: info[f].1.clone(),
                                         region: reg.clone(),
                                         data: b,
                                     })

@@ -32,6 +32,26 @@ impl Region {
         }
     }
 
+    /// Part `k` of `n` near-equal boxes cutting dimension `dim` of a tensor
+    /// of `shape` (the last dimension when `dim` is past it; some parts may
+    /// be empty). A scalar has one part, the whole of it, for `k == 0`.
+    pub fn split_dim(shape: &[u64], dim: usize, n: u64, k: u64) -> Region {
+        let Some(last) = shape.len().checked_sub(1) else {
+            return if k == 0 {
+                Region::full(shape)
+            } else {
+                Region::Flat { start: 0, len: 0 }
+            };
+        };
+        let d = dim.min(last);
+        let (a, b) = (shape[d] * k / n, shape[d] * (k + 1) / n);
+        let mut offsets = vec![0; shape.len()];
+        let mut lengths = shape.to_vec();
+        offsets[d] = a;
+        lengths[d] = b - a;
+        Region::Box { offsets, lengths }
+    }
+
     /// Number of elements in the region.
     pub fn numel(&self) -> u64 {
         match self {

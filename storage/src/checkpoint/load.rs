@@ -173,10 +173,6 @@ impl Checkpoint {
             .collect()
     }
 
-    pub fn tensor(&self, fqn: &str) -> Option<TensorInfo> {
-        self.tensors().into_iter().find(|t| t.fqn == fqn)
-    }
-
     /// Fill `targets` from the stored chunks, resharding as needed.
     pub fn load(&self, targets: &mut [Target<'_>], opts: &LoadOptions) -> Result<LoadReport> {
         let mut report = LoadReport {

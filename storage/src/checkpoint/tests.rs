@@ -50,14 +50,7 @@ fn slice(full: &[u8], shape: &[u64], region: &Region, es: usize) -> Vec<u8> {
 /// `n` boxes splitting dimension `dim` into near-equal parts (some may be empty).
 fn split_dim(shape: &[u64], n: u64, dim: usize) -> Vec<Region> {
     (0..n)
-        .map(|k| {
-            let (a, b) = (shape[dim] * k / n, shape[dim] * (k + 1) / n);
-            let mut offsets = vec![0; shape.len()];
-            let mut lengths = shape.to_vec();
-            offsets[dim] = a;
-            lengths[dim] = b - a;
-            Region::Box { offsets, lengths }
-        })
+        .map(|k| Region::split_dim(shape, dim, n, k))
         .collect()
 }
 
