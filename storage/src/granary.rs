@@ -5,10 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::RecordBatchIterator;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::array::{RecordBatch, RecordBatchIterator};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use lance::Dataset;
-use lance::dataset::{WriteMode, WriteParams};
+use lance::dataset::{
+    MergeInsertBuilder, NewColumnTransform, WhenMatched, WhenNotMatched, WhenNotMatchedBySource,
+    WriteMode, WriteParams,
+};
 
 use crate::error::{Error, Result};
 use crate::schema::{self, META_EMBEDDING_DIM, META_SCHEMA_VERSION, SCHEMA_VERSION};
@@ -167,6 +170,102 @@ impl Granary {
         Ok(out)
     }
 
+    /// Set the non-key columns of `batches` on the rows of `table` whose
+    /// `key` matches, in one Lance commit that attaches new column files and
+    /// never rewrites blob payloads. Columns the table lacks are first added
+    /// as nullable all-null columns (one more commit). The previous versions
+    /// stay readable. Returns the new version and the number of rows updated.
+    pub async fn update_columns(
+        &self,
+        table: &str,
+        key: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(u64, u64)> {
+        if schema.field_with_name(key).is_err() {
+            return Err(Error::Internal(format!(
+                "update_columns: the batches lack the key column {key}"
+            )));
+        }
+        let mut ds = self.table(table).await?;
+        let existing = Schema::from(ds.schema());
+        let missing: Vec<Field> = schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != key && existing.field_with_name(f.name()).is_err())
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        if !missing.is_empty() {
+            let nulls = Arc::new(Schema::new(missing));
+            ds.add_columns(NewColumnTransform::AllNulls(nulls), None, None)
+                .await?;
+        }
+        let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec![key.to_string()])?;
+        builder
+            .when_matched(WhenMatched::UpdateAll)
+            .when_not_matched(WhenNotMatched::DoNothing)
+            .write_mode(lance::dataset::MergeInsertWriteMode::RewriteColumns);
+        let source = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let (ds, stats) = builder.try_build()?.execute_reader(source).await?;
+        Ok((ds.version().version, stats.num_updated_rows))
+    }
+
+    /// Whether the `sampling_plans` table holds a plan called `name`.
+    pub async fn plan_exists(&self, name: &str) -> Result<bool> {
+        if !self.table_path(schema::SAMPLING_PLANS).is_dir() {
+            return Ok(false);
+        }
+        let ds = self.table(schema::SAMPLING_PLANS).await?;
+        Ok(ds.count_rows(Some(plan_filter(name))).await? > 0)
+    }
+
+    /// Write the rows of plan `name` into `sampling_plans` (created on first
+    /// use) in one commit. An existing plan of that name is an error unless
+    /// `replace`, which swaps its rows for the new ones atomically (readers
+    /// see the old plan or the new one, never a mix). Returns the version.
+    pub async fn write_plan(
+        &self,
+        name: &str,
+        batches: Vec<RecordBatch>,
+        replace: bool,
+    ) -> Result<u64> {
+        let plan_schema = schema::sampling_plans();
+        let path = self.table_path(schema::SAMPLING_PLANS);
+        if !path.is_dir() {
+            self.create_table(schema::SAMPLING_PLANS, plan_schema.clone())
+                .await?;
+        }
+        let exists = self.plan_exists(name).await?;
+        if exists && !replace {
+            return Err(Error::AlreadyExists(PathBuf::from(format!(
+                "sampling plan {name:?} (pass --replace to overwrite it)"
+            ))));
+        }
+        let batches = batches
+            .into_iter()
+            .map(|b| RecordBatch::try_new(plan_schema.clone(), b.columns().to_vec()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let source = RecordBatchIterator::new(batches.into_iter().map(Ok), plan_schema);
+        if !exists {
+            let params = WriteParams {
+                mode: WriteMode::Append,
+                ..Default::default()
+            };
+            let ds = Dataset::write(source, uri(&path).as_str(), Some(params)).await?;
+            return Ok(ds.version().version);
+        }
+        let ds = Arc::new(self.table(schema::SAMPLING_PLANS).await?);
+        let delete_old = WhenNotMatchedBySource::delete_if(&ds, &plan_filter(name))?;
+        let mut builder =
+            MergeInsertBuilder::try_new(ds, vec!["plan".to_string(), "sample_id".to_string()])?;
+        builder
+            .when_matched(WhenMatched::UpdateAll)
+            .when_not_matched(WhenNotMatched::InsertAll)
+            .when_not_matched_by_source(delete_old);
+        let (ds, _) = builder.try_build()?.execute_reader(source).await?;
+        Ok(ds.version().version)
+    }
+
     async fn create_table(&self, name: &str, schema: SchemaRef) -> Result<Dataset> {
         let path = self.table_path(name);
         let params = WriteParams {
@@ -191,6 +290,11 @@ fn check_version(path: &Path, found: Option<&String>) -> Result<()> {
             reason: format!("table has no {META_SCHEMA_VERSION} in its schema metadata"),
         }),
     }
+}
+
+/// A Lance filter selecting one plan's rows (the name quoted as an SQL string).
+pub fn plan_filter(name: &str) -> String {
+    format!("plan = '{}'", name.replace('\'', "''"))
 }
 
 fn table_dir(name: &str) -> String {

@@ -253,6 +253,16 @@ pub async fn ingest(
     Ok(summary)
 }
 
+/// Append already-built sample rows to `samples` in one commit, without
+/// probing or de-duplication: for generators and benchmarks that make rows
+/// directly (ids must be unique; `ingest` is the path for real sources).
+pub async fn append_samples(g: &Granary, rows: &[Sample]) -> Result<()> {
+    let schema = schema::samples(g.embedding_dim());
+    let batch = batch::samples_batch(rows, &schema)?;
+    let mut ds = g.table(schema::SAMPLES).await?;
+    append(&mut ds, batch).await
+}
+
 async fn append(ds: &mut Dataset, batch: arrow::array::RecordBatch) -> Result<()> {
     let schema = batch.schema();
     ds.append(RecordBatchIterator::new(vec![Ok(batch)], schema), None)

@@ -22,6 +22,13 @@ pub const DEFAULT_EMBEDDING_DIM: usize = 64;
 
 pub const SAMPLES: &str = "samples";
 pub const INGEST_ERRORS: &str = "ingest_errors";
+pub const SAMPLING_PLANS: &str = "sampling_plans";
+
+/// Columns that `granary curate` adds to `samples` (all nullable, so that
+/// ingest, which does not fill them, can still append).
+pub const KEEP: &str = "keep";
+pub const DROP_REASON: &str = "drop_reason";
+pub const LOSS_MASK: &str = "loss_mask";
 
 /// Fields of one caption: `{text, lang, style}`.
 pub fn caption_fields() -> Fields {
@@ -115,5 +122,32 @@ pub fn ingest_errors() -> SchemaRef {
             Field::new("recorded_at_ms", DataType::Int64, false),
         ],
         metadata(INGEST_ERRORS, &[]),
+    ))
+}
+
+/// The curation columns of `samples`: `keep` (false: excluded from
+/// training), `drop_reason` (why, when `keep` is false) and `loss_mask`
+/// (boxes, in pixels, that the trainer masks out of the loss).
+pub fn curation_fields() -> Vec<Field> {
+    vec![
+        Field::new(KEEP, DataType::Boolean, true),
+        Field::new(DROP_REASON, DataType::Utf8, true),
+        Field::new(LOSS_MASK, DataType::List(defect_item()), true),
+    ]
+}
+
+/// The `sampling_plans` table: one row per (plan, sample) with the
+/// sample's weight and its clusters on the two axes.
+pub fn sampling_plans() -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("plan", DataType::Utf8, false),
+            Field::new("sample_id", DataType::Utf8, false),
+            Field::new("weight", DataType::Float64, false),
+            Field::new("visual_cluster", DataType::Int32, false),
+            Field::new("semantic_cluster", DataType::Int32, false),
+            Field::new("created_at_ms", DataType::Int64, false),
+        ],
+        metadata(SAMPLING_PLANS, &[]),
     ))
 }

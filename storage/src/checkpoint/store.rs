@@ -102,6 +102,11 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 impl CkptRoot {
+    /// Whether `root` holds a checkpoint root (its marker file exists).
+    pub fn is_root(root: &Path) -> bool {
+        root.join(MARKER).is_file()
+    }
+
     /// Open a checkpoint root, creating it when `create` and missing.
     /// Several ranks may call this at once: creation is idempotent.
     pub async fn open(root: &Path, create: bool) -> Result<CkptRoot> {
