@@ -9,6 +9,15 @@
 //! Architecture invariant: query never writes files; it reads through
 //! granary-storage and returns Arrow batches. Formatting is the caller's.
 
+pub mod curate;
+pub mod descriptor;
+pub mod ipf;
+pub mod kmeans;
+pub mod plan;
+pub mod plot;
+pub mod tfidf;
+pub mod udf;
+
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -51,6 +60,12 @@ impl From<DataFusionError> for Error {
     }
 }
 
+impl From<lance::Error> for Error {
+    fn from(e: lance::Error) -> Self {
+        Error::Storage(granary_storage::Error::from(e))
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -59,13 +74,25 @@ fn one_line(s: &str) -> String {
 pub struct Session {
     ctx: SessionContext,
     tables: Vec<String>,
+    allow_write: bool,
+}
+
+/// Where a granary keeps its checkpoint root, if it has one; its `chunks`,
+/// `steps` and `committed` tables are then registered beside the samples.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
+fn new_context() -> SessionContext {
+    let config = SessionConfig::new().with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    udf::register(&ctx);
+    ctx
 }
 
 impl Session {
-    /// Register every table of `granary` at its latest version.
+    /// Register every table of `granary` at its latest version, and the
+    /// checkpoint tables of `ROOT/checkpoints` when it is a checkpoint root.
     pub async fn open(granary: &Granary) -> Result<Session> {
-        let config = SessionConfig::new().with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = new_context();
         let mut tables = Vec::new();
         for name in granary.table_names()? {
             let ds = granary.table(&name).await?;
@@ -73,56 +100,53 @@ impl Session {
             ctx.register_table(name.as_str(), Arc::new(provider))?;
             tables.push(name);
         }
-        Ok(Session { ctx, tables })
+        let ckpt = granary.root().join(CHECKPOINTS_DIR);
+        if granary_storage::checkpoint::CkptRoot::is_root(&ckpt) {
+            register_checkpoint(&ctx, &ckpt, &mut tables).await?;
+        }
+        Ok(Session {
+            ctx,
+            tables,
+            allow_write: false,
+        })
     }
 
-    /// Register the `chunks` and `steps` tables of a checkpoint root.
+    /// Register the `chunks`, `steps` and `committed` tables of a checkpoint root.
     pub async fn open_checkpoint(root: &std::path::Path) -> Result<Session> {
-        let config = SessionConfig::new().with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
-        let ck = granary_storage::checkpoint::CkptRoot::open(root, false).await?;
+        let ctx = new_context();
         let mut tables = Vec::new();
-        for name in [
-            granary_storage::checkpoint::meta::CHUNKS,
-            granary_storage::checkpoint::meta::STEPS,
-        ] {
-            let ds = ck.dataset(name).await?;
-            let provider = LanceTableProvider::new(Arc::new(ds), false, false);
-            ctx.register_table(name, Arc::new(provider))?;
-            tables.push(name.to_string());
+        register_checkpoint(&ctx, root, &mut tables).await?;
+        Ok(Session {
+            ctx,
+            tables,
+            allow_write: false,
+        })
+    }
+
+    /// Allow statements beyond queries: session-local DDL such as `CREATE
+    /// VIEW` or `CREATE TABLE … AS`, and `SET`. Granary tables themselves are
+    /// changed only by granary commands (ingest, curate, plan); DML on them
+    /// still fails, since their provider accepts no writes.
+    pub fn allow_write(mut self, allow: bool) -> Self {
+        self.allow_write = allow;
+        self
+    }
+
+    /// Table names and their column names, for completion in a REPL.
+    pub async fn completions(&self) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            if let Ok(p) = self.ctx.table_provider(t.as_str()).await {
+                let cols = p
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                out.push((t.clone(), cols));
+            }
         }
-        // `committed`: the (step, run) pairs the step tags make visible, to
-        // join with `chunks`/`steps` (which also hold rows of crashed or
-        // beaten attempts until `granary ckpt gc`).
-        let steps = ck.committed_steps().await?;
-        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
-            arrow::datatypes::Field::new("step", arrow::datatypes::DataType::UInt64, false),
-            arrow::datatypes::Field::new("run", arrow::datatypes::DataType::Utf8, false),
-            arrow::datatypes::Field::new("version", arrow::datatypes::DataType::UInt64, false),
-            arrow::datatypes::Field::new("latest", arrow::datatypes::DataType::Boolean, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(arrow::array::UInt64Array::from_iter_values(
-                    steps.iter().map(|s| s.step),
-                )),
-                Arc::new(arrow::array::StringArray::from_iter_values(
-                    steps.iter().map(|s| s.run.as_str()),
-                )),
-                Arc::new(arrow::array::UInt64Array::from_iter_values(
-                    steps.iter().map(|s| s.version),
-                )),
-                Arc::new(arrow::array::BooleanArray::from_iter(
-                    steps.iter().map(|s| Some(s.is_latest)),
-                )),
-            ],
-        )
-        .map_err(|e| Error::Execution(DataFusionError::ArrowError(Box::new(e), None)))?;
-        let mem = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
-        ctx.register_table("committed", Arc::new(mem))?;
-        tables.push("committed".to_string());
-        Ok(Session { ctx, tables })
+        out
     }
 
     /// Names of the registered tables.
@@ -135,12 +159,27 @@ impl Session {
         &self.ctx
     }
 
-    /// Run one read-only statement and collect its result.
-    pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    /// Run one read-only query and stream its result batch by batch.
+    pub async fn stream(
+        &self,
+        query: &str,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
         let options = datafusion::execution::context::SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        let df = self.ctx.sql_with_options(query, options).await?;
+        Ok(df.execute_stream().await?)
+    }
+
+    /// Run one statement and collect its result. Only queries are allowed
+    /// unless the session was opened with [`Session::allow_write`].
+    pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let w = self.allow_write;
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(w)
+            .with_allow_dml(w)
+            .with_allow_statements(w);
         let df =
             self.ctx
                 .sql_with_options(query, options)
@@ -152,7 +191,7 @@ impl Session {
                             .any(|k| m.contains(&format!("{k} not supported"))) =>
                     {
                         Error::Refused(format!(
-                            "{} (granary sql is read-only)",
+                            "{} (granary sql is read-only; --allow-write permits session-local statements)",
                             m.trim_start_matches("Error during planning: ")
                         ))
                     }
@@ -162,4 +201,53 @@ impl Session {
         let batches = df.collect().await?;
         Ok((schema, batches))
     }
+}
+
+async fn register_checkpoint(
+    ctx: &SessionContext,
+    root: &std::path::Path,
+    tables: &mut Vec<String>,
+) -> Result<()> {
+    let ck = granary_storage::checkpoint::CkptRoot::open(root, false).await?;
+    for name in [
+        granary_storage::checkpoint::meta::CHUNKS,
+        granary_storage::checkpoint::meta::STEPS,
+    ] {
+        let ds = ck.dataset(name).await?;
+        let provider = LanceTableProvider::new(Arc::new(ds), false, false);
+        ctx.register_table(name, Arc::new(provider))?;
+        tables.push(name.to_string());
+    }
+    // `committed`: the (step, run) pairs the step tags make visible, to
+    // join with `chunks`/`steps` (which also hold rows of crashed or
+    // beaten attempts until `granary ckpt gc`).
+    let steps = ck.committed_steps().await?;
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("step", arrow::datatypes::DataType::UInt64, false),
+        arrow::datatypes::Field::new("run", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("version", arrow::datatypes::DataType::UInt64, false),
+        arrow::datatypes::Field::new("latest", arrow::datatypes::DataType::Boolean, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::UInt64Array::from_iter_values(
+                steps.iter().map(|s| s.step),
+            )),
+            Arc::new(arrow::array::StringArray::from_iter_values(
+                steps.iter().map(|s| s.run.as_str()),
+            )),
+            Arc::new(arrow::array::UInt64Array::from_iter_values(
+                steps.iter().map(|s| s.version),
+            )),
+            Arc::new(arrow::array::BooleanArray::from_iter(
+                steps.iter().map(|s| Some(s.is_latest)),
+            )),
+        ],
+    )
+    .map_err(|e| Error::Execution(DataFusionError::ArrowError(Box::new(e), None)))?;
+    let mem = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
+    ctx.register_table("committed", Arc::new(mem))?;
+    tables.push("committed".to_string());
+    Ok(())
 }

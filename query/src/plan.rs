@@ -1,0 +1,689 @@
+//! Dual-axis collaborative sampling (Seedream 3.0): cluster the selected
+//! samples on a visual-morphology axis (hierarchical k-means of the
+//! embeddings) and a semantic axis (TF-IDF of captions, spherical k-means),
+//! then fit per-sample weights by iterative proportional fitting so that
+//! both cluster marginals move to tempered targets (mass ∝ count^τ) at once.
+//! The result is a named plan in `sampling_plans` plus a [`PlanReport`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::datatypes::{DataType, Float32Type};
+use futures::StreamExt;
+use granary_storage::Granary;
+use granary_storage::schema::{self, KEEP};
+
+use crate::descriptor;
+use crate::ipf::{self, IpfOptions};
+use crate::kmeans::{self, KMeansOptions};
+use crate::tfidf::{self, TfIdf, TfIdfOptions};
+use crate::{Error, Result, Session};
+
+/// Column holding the built-in pixel descriptor (see [`crate::descriptor`]).
+pub const VISUAL_DESCRIPTOR: &str = "visual_descriptor";
+
+/// Where the visual axis takes its features from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisualFeatures {
+    /// The `embedding` column when any selected sample has one, else the
+    /// built-in descriptor.
+    Auto,
+    /// The `embedding` column (CLIP/SigLIP/DINO features brought at ingest).
+    Embedding,
+    /// The built-in morphology descriptor computed from the pixels.
+    Builtin,
+}
+
+/// Options of one plan.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub name: String,
+    /// Temper exponent in [0, 1]: 1 keeps the raw distribution, 0 is uniform.
+    pub tau: f64,
+    pub visual_k: usize,
+    /// Fine clusters of the first k-means level (0: 8 × visual_k).
+    pub visual_fine_k: usize,
+    pub semantic_k: usize,
+    pub seed: u64,
+    /// An SQL predicate over `samples` selecting what the plan covers.
+    pub filter: Option<String>,
+    pub replace: bool,
+    pub visual_features: VisualFeatures,
+    /// Caption styles that feed the semantic axis (empty: all).
+    pub caption_styles: Vec<String>,
+    pub ipf: IpfOptions,
+    /// Compute and report, but write nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            name: String::new(),
+            tau: 0.5,
+            visual_k: 16,
+            visual_fine_k: 0,
+            semantic_k: 16,
+            seed: 0,
+            filter: None,
+            replace: false,
+            visual_features: VisualFeatures::Auto,
+            caption_styles: Vec::new(),
+            ipf: IpfOptions::default(),
+            dry_run: false,
+        }
+    }
+}
+
+/// One cluster of one axis in the report.
+#[derive(Debug, Clone)]
+pub struct ClusterSummary {
+    pub id: u32,
+    pub count: u64,
+    /// Share of samples before weighting, after, and the tempered target.
+    pub before: f64,
+    pub after: f64,
+    pub target: f64,
+    /// Top TF-IDF terms (semantic axis only).
+    pub terms: Vec<String>,
+    /// Short captions of a few member samples.
+    pub examples: Vec<String>,
+}
+
+/// One axis of the report.
+#[derive(Debug, Clone)]
+pub struct AxisReport {
+    pub name: &'static str,
+    pub clusters: Vec<ClusterSummary>,
+    /// Shannon entropy (nats) of the marginal before and after weighting,
+    /// and its maximum `ln k`.
+    pub entropy_before: f64,
+    pub entropy_after: f64,
+    pub max_entropy: f64,
+}
+
+/// What a plan run did.
+#[derive(Debug, Clone)]
+pub struct PlanReport {
+    pub name: String,
+    pub tau: f64,
+    /// Samples in the plan.
+    pub samples: usize,
+    /// Selected samples skipped: NaN/infinite features, no features at all.
+    pub skipped_nan: usize,
+    pub skipped_missing: usize,
+    /// Samples outside the selection because curation dropped them.
+    pub excluded_by_curation: Option<usize>,
+    /// Which features fed the visual axis.
+    pub visual_source: &'static str,
+    pub visual: AxisReport,
+    pub semantic: AxisReport,
+    /// Effective sample size `(Σw)²/Σw²` and its fraction of `samples`.
+    pub ess: f64,
+    pub ipf_iterations: usize,
+    pub ipf_converged: bool,
+    pub ipf_max_error: f64,
+    pub capped: bool,
+    pub max_weight: f64,
+    /// Seconds spent reading, clustering each axis, fitting and writing.
+    pub timings: Vec<(&'static str, f64)>,
+    /// Version of `sampling_plans` holding the plan (`None` on a dry run).
+    pub version: Option<u64>,
+}
+
+fn validate(o: &PlanOptions) -> Result<()> {
+    let bad = |m: String| Err(Error::Query(m));
+    if o.name.trim().is_empty() || o.name.len() > 200 || o.name.chars().any(char::is_control) {
+        return bad(format!(
+            "--name must be 1-200 printable characters, got {:?}",
+            o.name
+        ));
+    }
+    if !(0.0..=1.0).contains(&o.tau) {
+        return bad(format!("--tau must be in [0, 1], got {}", o.tau));
+    }
+    if o.visual_k == 0 || o.semantic_k == 0 || o.visual_k > 4096 || o.semantic_k > 4096 {
+        return bad("--visual-k and --semantic-k must be in 1..=4096".into());
+    }
+    Ok(())
+}
+
+/// Cluster, fit and (unless a dry run) write plan `opts.name`. `progress`
+/// receives one line per phase.
+pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> Result<PlanReport> {
+    validate(opts)?;
+    if !opts.dry_run && !opts.replace && g.plan_exists(&opts.name).await? {
+        return Err(Error::Query(format!(
+            "sampling plan {:?} already exists; pass --replace to overwrite it",
+            opts.name
+        )));
+    }
+    let mut timings = Vec::new();
+    let t = Instant::now();
+    let samples_schema = g.table(schema::SAMPLES).await?.schema().clone();
+    let has_keep = samples_schema.field(KEEP).is_some();
+    let has_embedding_values = has_any_embedding(g).await?;
+    let (visual_col, visual_source) = match (opts.visual_features, has_embedding_values) {
+        (VisualFeatures::Embedding, _) | (VisualFeatures::Auto, true) => ("embedding", "embedding"),
+        _ => {
+            progress("computing built-in visual descriptors from the pixels");
+            ensure_descriptors(g, progress).await?;
+            let ds = g.table(schema::SAMPLES).await?;
+            if ds.schema().field(VISUAL_DESCRIPTOR).is_none() {
+                return Err(Error::Query(
+                    "no sample has visual features: no embeddings, and no image could be \
+                     decoded for the built-in descriptor"
+                        .into(),
+                ));
+            }
+            (VISUAL_DESCRIPTOR, "built-in descriptor")
+        }
+    };
+    let session = Session::open(g).await?;
+    let mut predicate = opts.filter.clone().map(|f| format!("({f})"));
+    let mut excluded_by_curation = None;
+    if has_keep {
+        let base = predicate.clone().unwrap_or_else(|| "TRUE".into());
+        let q = format!("SELECT count(*) FROM samples WHERE {base} AND keep = false");
+        let (_, b) = session.sql(&q).await?;
+        excluded_by_curation = Some(count_of(&b) as usize);
+        predicate = Some(format!("{base} AND keep IS NOT FALSE"));
+    }
+    let query = format!(
+        "SELECT id, {visual_col} AS features, captions FROM samples{}",
+        predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
+    );
+    progress("reading features and captions");
+    let rows = read_rows(&session, &query, &opts.caption_styles).await?;
+    timings.push(("read", t.elapsed().as_secs_f64()));
+    if rows.ids.is_empty() {
+        return Err(Error::Query(format!(
+            "the selection is empty{}: nothing to plan (skipped {} with NaN features, {} without features)",
+            opts.filter
+                .as_ref()
+                .map(|f| format!(" (--where {f})"))
+                .unwrap_or_default(),
+            rows.skipped_nan,
+            rows.skipped_missing
+        )));
+    }
+    let n = rows.ids.len();
+
+    let t = Instant::now();
+    progress(&format!("visual axis: hierarchical k-means of {n} samples"));
+    let km = KMeansOptions {
+        k: opts.visual_k,
+        seed: opts.seed,
+        ..KMeansOptions::default()
+    };
+    let fine_k = if opts.visual_fine_k == 0 {
+        (opts.visual_k * 8).min(n / 4).max(opts.visual_k)
+    } else {
+        opts.visual_fine_k
+    };
+    let visual = kmeans::hierarchical(&rows.features, rows.dim, opts.visual_k, fine_k, &km)
+        .map_err(Error::Query)?;
+    timings.push(("visual clustering", t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    progress("semantic axis: TF-IDF of captions, spherical k-means");
+    let tfidf = TfIdf::from_df(rows.vocab_df(), n, &TfIdfOptions::default());
+    let remap = rows.remap_to(&tfidf);
+    let vectors: Vec<Vec<(u32, f32)>> = (0..n)
+        .map(|i| {
+            let mut ids: Vec<u32> = rows
+                .doc(i)
+                .iter()
+                .filter_map(|&t| remap[t as usize])
+                .collect();
+            tfidf.transform_ids(&mut ids)
+        })
+        .collect();
+    let semantic = tfidf::cluster(&vectors, tfidf.dim(), opts.semantic_k, opts.seed, 25);
+    drop(vectors);
+    let terms = semantic.top_terms(&tfidf, 4);
+    timings.push(("semantic clustering", t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    progress("fitting weights (iterative proportional fitting)");
+    let (v, s) = (visual.k, semantic.k);
+    let mut table = vec![0u64; v * s];
+    for i in 0..n {
+        table[visual.labels[i] as usize * s + semantic.labels[i] as usize] += 1;
+    }
+    let count_v: Vec<f64> = (0..v)
+        .map(|a| table[a * s..(a + 1) * s].iter().sum::<u64>() as f64)
+        .collect();
+    let count_s: Vec<f64> = (0..s)
+        .map(|b| (0..v).map(|a| table[a * s + b]).sum::<u64>() as f64)
+        .collect();
+    let target_v = ipf::tempered_targets(&count_v, opts.tau);
+    let target_s = ipf::tempered_targets(&count_s, opts.tau);
+    let fit = ipf::fit(&table, v, s, &target_v, &target_s, &opts.ipf).map_err(Error::Query)?;
+    let weights: Vec<f64> = (0..n)
+        .map(|i| fit.cell_weight[visual.labels[i] as usize * s + semantic.labels[i] as usize])
+        .collect();
+    timings.push(("fit", t.elapsed().as_secs_f64()));
+
+    let total_w: f64 = weights.iter().sum();
+    let mut after_v = vec![0.0; v];
+    let mut after_s = vec![0.0; s];
+    for i in 0..n {
+        after_v[visual.labels[i] as usize] += weights[i] / total_w;
+        after_s[semantic.labels[i] as usize] += weights[i] / total_w;
+    }
+    let examples_v = examples(&visual.labels, v, &rows.captions);
+    let examples_s = examples(&semantic.labels, s, &rows.captions);
+    let visual_report = axis_report(
+        "visual",
+        &count_v,
+        &after_v,
+        &target_v,
+        &vec![Vec::new(); v],
+        examples_v,
+    );
+    let semantic_report = axis_report(
+        "semantic", &count_s, &after_s, &target_s, &terms, examples_s,
+    );
+
+    let mut version = None;
+    if !opts.dry_run {
+        let t = Instant::now();
+        progress(&format!("writing plan {:?} ({n} rows)", opts.name));
+        let batch = plan_batch(
+            &opts.name,
+            &rows.ids,
+            &weights,
+            &visual.labels,
+            &semantic.labels,
+        )?;
+        version = Some(g.write_plan(&opts.name, vec![batch], opts.replace).await?);
+        timings.push(("write", t.elapsed().as_secs_f64()));
+    }
+    Ok(PlanReport {
+        name: opts.name.clone(),
+        tau: opts.tau,
+        samples: n,
+        skipped_nan: rows.skipped_nan,
+        skipped_missing: rows.skipped_missing,
+        excluded_by_curation,
+        visual_source,
+        visual: visual_report,
+        semantic: semantic_report,
+        ess: fit.ess,
+        ipf_iterations: fit.iterations,
+        ipf_converged: fit.converged,
+        ipf_max_error: fit.max_error,
+        capped: fit.capped,
+        max_weight: weights.iter().copied().fold(0.0, f64::max),
+        timings,
+        version,
+    })
+}
+
+fn count_of(batches: &[RecordBatch]) -> i64 {
+    batches
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        })
+        .map_or(0, |a| a.value(0))
+}
+
+async fn has_any_embedding(g: &Granary) -> Result<bool> {
+    let ds = g.table(schema::SAMPLES).await?;
+    Ok(ds.count_rows(Some("embedding IS NOT NULL".into())).await? > 0)
+}
+
+/// The selected rows: ids, a dense feature matrix, and captions as interned
+/// token ids (CSR), with one short caption per row for the report.
+struct Rows {
+    ids: Vec<String>,
+    dim: usize,
+    features: Vec<f32>,
+    captions: Vec<String>,
+    tokens: Vec<u32>,
+    offsets: Vec<usize>,
+    interned: HashMap<String, u32>,
+    skipped_nan: usize,
+    skipped_missing: usize,
+}
+
+impl Rows {
+    fn doc(&self, i: usize) -> &[u32] {
+        &self.tokens[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    /// (term, document frequency) of every interned token.
+    fn vocab_df(&self) -> Vec<(String, usize)> {
+        let mut df = vec![0usize; self.interned.len()];
+        let mut seen = vec![usize::MAX; self.interned.len()];
+        for i in 0..self.ids.len() {
+            for &t in self.doc(i) {
+                if seen[t as usize] != i {
+                    seen[t as usize] = i;
+                    df[t as usize] += 1;
+                }
+            }
+        }
+        self.interned
+            .iter()
+            .map(|(term, &id)| (term.clone(), df[id as usize]))
+            .collect()
+    }
+
+    /// Interned id → TF-IDF term id (None when pruned).
+    fn remap_to(&self, tfidf: &TfIdf) -> Vec<Option<u32>> {
+        let mut out = vec![None; self.interned.len()];
+        for (term, &id) in &self.interned {
+            out[id as usize] = tfidf.id(term);
+        }
+        out
+    }
+}
+
+async fn read_rows(session: &Session, query: &str, styles: &[String]) -> Result<Rows> {
+    let mut stream = session.stream(query).await?;
+    let mut rows = Rows {
+        ids: Vec::new(),
+        dim: 0,
+        features: Vec::new(),
+        captions: Vec::new(),
+        tokens: Vec::new(),
+        offsets: vec![0],
+        interned: HashMap::new(),
+        skipped_nan: 0,
+        skipped_missing: 0,
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let Some(ids) = batch.column(0).as_string_opt::<i32>() else {
+            return Err(Error::Query("samples.id is not a utf8 column".into()));
+        };
+        let Some(features) = batch.column(1).as_fixed_size_list_opt() else {
+            return Err(Error::Query(format!(
+                "the feature column has type {}, expected a fixed-size list of float32",
+                batch.column(1).data_type()
+            )));
+        };
+        let dim = features.value_length() as usize;
+        if !matches!(features.value_type(), DataType::Float32) {
+            return Err(Error::Query("features must be float32".into()));
+        }
+        rows.dim = dim;
+        let values = features.values().as_primitive::<Float32Type>();
+        let Some(captions) = batch.column(2).as_list_opt::<i32>() else {
+            return Err(Error::Query("samples.captions is not a list column".into()));
+        };
+        for i in 0..batch.num_rows() {
+            if features.is_null(i) {
+                rows.skipped_missing += 1;
+                continue;
+            }
+            let start = features.value_offset(i) as usize;
+            let f = &values.values()[start..start + dim];
+            if f.iter().any(|x| !x.is_finite()) {
+                rows.skipped_nan += 1;
+                continue;
+            }
+            rows.ids.push(ids.value(i).to_string());
+            rows.features.extend_from_slice(f);
+            let (text, short) = caption_text(captions, i, styles);
+            rows.captions.push(short);
+            for tok in tfidf::tokenize(&text) {
+                let next = rows.interned.len() as u32;
+                let id = *rows.interned.entry(tok).or_insert(next);
+                rows.tokens.push(id);
+            }
+            rows.offsets.push(rows.tokens.len());
+        }
+    }
+    Ok(rows)
+}
+
+/// All caption texts of row `i` in the chosen styles joined, and the first
+/// English short caption (or any first caption) for the report.
+fn caption_text(list: &arrow::array::ListArray, i: usize, styles: &[String]) -> (String, String) {
+    if list.is_null(i) {
+        return (String::new(), String::new());
+    }
+    let items = list.value(i);
+    let Some(s) = items.as_struct_opt() else {
+        return (String::new(), String::new());
+    };
+    let col = |n: &str| {
+        s.column_by_name(n)
+            .and_then(|c| c.as_string_opt::<i32>().cloned())
+    };
+    let (Some(text), Some(lang), Some(style)) = (col("text"), col("lang"), col("style")) else {
+        return (String::new(), String::new());
+    };
+    let mut all = String::new();
+    let mut short = None;
+    for j in 0..s.len() {
+        if styles.is_empty() || styles.iter().any(|st| st == style.value(j)) {
+            all.push_str(text.value(j));
+            all.push('\n');
+        }
+        if short.is_none() && lang.value(j) == "en" && style.value(j) == "short" {
+            short = Some(text.value(j).to_string());
+        }
+    }
+    let short = short.unwrap_or_else(|| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            text.value(0).to_string()
+        }
+    });
+    (all, short)
+}
+
+/// Up to three example captions per cluster (the first members).
+fn examples(labels: &[u32], k: usize, captions: &[String]) -> Vec<Vec<String>> {
+    let mut out = vec![Vec::new(); k];
+    for (i, &l) in labels.iter().enumerate() {
+        let e: &mut Vec<String> = &mut out[l as usize];
+        if e.len() < 3 && !captions[i].is_empty() && !e.contains(&captions[i]) {
+            e.push(captions[i].clone());
+        }
+    }
+    out
+}
+
+fn entropy(p: &[f64]) -> f64 {
+    let t: f64 = p.iter().sum();
+    if t <= 0.0 {
+        return 0.0;
+    }
+    -p.iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| (x / t) * (x / t).ln())
+        .sum::<f64>()
+}
+
+fn axis_report(
+    name: &'static str,
+    counts: &[f64],
+    after: &[f64],
+    target: &[f64],
+    terms: &[Vec<String>],
+    examples: Vec<Vec<String>>,
+) -> AxisReport {
+    let total: f64 = counts.iter().sum();
+    let before: Vec<f64> = counts.iter().map(|c| c / total.max(1.0)).collect();
+    let mut clusters: Vec<ClusterSummary> = examples
+        .into_iter()
+        .enumerate()
+        .map(|(i, ex)| ClusterSummary {
+            id: i as u32,
+            count: counts[i] as u64,
+            before: before[i],
+            after: after[i],
+            target: target[i],
+            terms: terms.get(i).cloned().unwrap_or_default(),
+            examples: ex,
+        })
+        .collect();
+    clusters.sort_by(|a, b| b.count.cmp(&a.count).then(a.id.cmp(&b.id)));
+    let nonempty = counts.iter().filter(|&&c| c > 0.0).count();
+    AxisReport {
+        name,
+        clusters,
+        entropy_before: entropy(&before),
+        entropy_after: entropy(after),
+        max_entropy: (nonempty.max(1) as f64).ln(),
+    }
+}
+
+fn plan_batch(
+    name: &str,
+    ids: &[String],
+    weights: &[f64],
+    visual: &[u32],
+    semantic: &[u32],
+) -> Result<RecordBatch> {
+    let n = ids.len();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    RecordBatch::try_new(
+        schema::sampling_plans(),
+        vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(name, n))),
+            Arc::new(StringArray::from_iter_values(ids)),
+            Arc::new(Float64Array::from(weights.to_vec())),
+            Arc::new(Int32Array::from_iter_values(
+                visual.iter().map(|&l| l as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                semantic.iter().map(|&l| l as i32),
+            )),
+            Arc::new(Int64Array::from(vec![now; n])),
+        ],
+    )
+    .map_err(|e| Error::Query(format!("building the plan rows: {e}")))
+}
+
+/// Compute the built-in descriptor of every image sample that lacks one
+/// and store it in `visual_descriptor` (one commit; later plans reuse it).
+/// Videos and undecodable images keep a null descriptor and are skipped by
+/// plans that use it. Returns how many descriptors were stored.
+pub async fn ensure_descriptors(g: &Granary, progress: &dyn Fn(&str)) -> Result<usize> {
+    let ds = g.table(schema::SAMPLES).await?;
+    let has_col = ds.schema().field(VISUAL_DESCRIPTOR).is_some();
+    let mut scan = ds.scan();
+    scan.project(&["id", "bytes"])
+        .map_err(granary_storage::Error::from)?;
+    scan.blob_handling(lance::datatypes::BlobHandling::AllBinary);
+    let filter = if has_col {
+        format!("media = 'image' AND {VISUAL_DESCRIPTOR} IS NULL")
+    } else {
+        "media = 'image'".to_string()
+    };
+    scan.filter(&filter).map_err(granary_storage::Error::from)?;
+    let mut stream = scan
+        .try_into_stream()
+        .await
+        .map_err(granary_storage::Error::from)?;
+    let mut ids = Vec::new();
+    let mut values: Vec<f32> = Vec::new();
+    let (mut seen, mut failed) = (0usize, 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(granary_storage::Error::from)?;
+        let (Some(id), Some(bytes)) = (
+            batch.column(0).as_string_opt::<i32>(),
+            batch.column(1).as_binary_opt::<i64>(),
+        ) else {
+            return Err(Error::Query(
+                "samples.id/bytes have unexpected types".into(),
+            ));
+        };
+        let items: Vec<Option<&[u8]>> = (0..batch.num_rows())
+            .map(|i| (!bytes.is_null(i)).then(|| bytes.value(i)))
+            .collect();
+        for (i, d) in describe_parallel(&items).into_iter().enumerate() {
+            match d {
+                Some(v) => {
+                    ids.push(id.value(i).to_string());
+                    values.extend_from_slice(&v);
+                }
+                None => failed += 1,
+            }
+        }
+        seen += batch.num_rows();
+        progress(&format!("described {seen} images"));
+    }
+    if failed > 0 {
+        tracing::warn!("{failed} images could not be decoded; they get no visual descriptor");
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // A nullable item: the column is first added as all-null, and Lance
+    // refuses null child slots under a non-nullable item field.
+    let item = Arc::new(arrow::datatypes::Field::new(
+        "item",
+        DataType::Float32,
+        true,
+    ));
+    let list = arrow::array::FixedSizeListArray::try_new(
+        item.clone(),
+        descriptor::DIM as i32,
+        Arc::new(arrow::array::Float32Array::from(values)),
+        None,
+    )
+    .map_err(|e| Error::Query(e.to_string()))?;
+    let out_schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", DataType::Utf8, false),
+        arrow::datatypes::Field::new(
+            VISUAL_DESCRIPTOR,
+            DataType::FixedSizeList(item, descriptor::DIM as i32),
+            true,
+        ),
+    ]));
+    let n = ids.len();
+    let batch = RecordBatch::try_new(
+        out_schema.clone(),
+        vec![Arc::new(StringArray::from(ids)), Arc::new(list)],
+    )
+    .map_err(|e| Error::Query(e.to_string()))?;
+    g.update_columns(schema::SAMPLES, "id", out_schema, vec![batch])
+        .await?;
+    Ok(n)
+}
+
+/// Describe encoded images on every core; `None` for non-images and failures.
+fn describe_parallel(items: &[Option<&[u8]>]) -> Vec<Option<Vec<f32>>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|b| {
+                            let b = (*b)?;
+                            // Untrusted bytes: a decoder panic loses one sample, not the run.
+                            std::panic::catch_unwind(|| descriptor::describe_encoded(b))
+                                .ok()?
+                                .ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(items.chunks(chunk))
+            .flat_map(|(h, part)| h.join().unwrap_or_else(|_| vec![None; part.len()]))
+            .collect()
+    })
+}
