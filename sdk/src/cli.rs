@@ -85,14 +85,106 @@ enum Command {
         #[arg(long, default_value = "")]
         skew: String,
     },
-    /// Run a read-only SQL query over the granary's tables (or, when ROOT is
-    /// a checkpoint root, over its `chunks` and `steps` tables).
+    /// Run SQL over the granary's tables (samples, ingest_errors,
+    /// sampling_plans, and chunks/steps/committed of ROOT/checkpoints), or,
+    /// when ROOT is a checkpoint root, over its tables.
+    ///
+    /// UDFs: defect_area_ratio(defects, width, height), aspect_bucket(width,
+    /// height), caption(captions, lang, style), blob_size(bytes). Without a
+    /// query, opens an interactive shell (history, Tab completion).
     Sql {
         root: PathBuf,
         /// The query, e.g. "SELECT media, count(*) FROM samples GROUP BY media".
-        query: String,
+        /// Omit it for the interactive shell.
+        query: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Write the result to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Allow statements beyond queries: session-local CREATE VIEW,
+        /// CREATE TABLE … AS and SET. Granary tables stay read-only.
+        #[arg(long)]
+        allow_write: bool,
+    },
+    /// Defect-aware curation (Seedream 3.0): keep samples whose defect boxes
+    /// cover less than --max-defect-ratio of the image, with the boxes as a
+    /// loss mask; mark the rest keep=false with a reason. Writes a new
+    /// version of `samples` (columns keep, drop_reason, loss_mask); nothing
+    /// is deleted and earlier versions stay readable.
+    Curate {
+        root: PathBuf,
+        /// Drop samples whose defect-area ratio (union of boxes / image area) is at least this.
+        #[arg(long, default_value_t = 0.20)]
+        max_defect_ratio: f64,
+        /// Drop samples whose aesthetic score is below this.
+        #[arg(long)]
+        min_aesthetic: Option<f64>,
+        /// Drop samples whose OCR (text area) ratio is above this.
+        #[arg(long)]
+        max_ocr_ratio: Option<f64>,
+        /// Drop samples whose shorter side is below this many pixels.
+        #[arg(long)]
+        min_side: Option<i32>,
+        /// Report what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dual-axis collaborative sampling (Seedream 3.0): cluster samples on a
+    /// visual axis (hierarchical k-means of `embedding`, or of a built-in
+    /// pixel descriptor) and a semantic axis (TF-IDF of captions, English
+    /// and Chinese), then weight samples so both cluster distributions move
+    /// to tempered targets (mass ∝ count^tau). Writes the plan to the
+    /// `sampling_plans` table and prints a report. Samples curated out
+    /// (keep = false) are excluded.
+    Plan {
+        root: PathBuf,
+        /// Name of the plan (rows of `sampling_plans` with plan = NAME).
+        #[arg(long)]
+        name: String,
+        /// Temper exponent in [0, 1]: 1 keeps the raw distribution, 0 makes clusters uniform.
+        #[arg(long, default_value_t = 0.5)]
+        tau: f64,
+        /// Clusters on the visual axis.
+        #[arg(long, default_value_t = 16)]
+        visual_k: usize,
+        /// Clusters on the semantic axis.
+        #[arg(long, default_value_t = 16)]
+        semantic_k: usize,
+        /// Random seed: same seed and data, same plan.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// SQL predicate over `samples` selecting what the plan covers, e.g. "media = 'image'".
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Overwrite an existing plan of this name (atomically).
+        #[arg(long)]
+        replace: bool,
+        /// Draw both marginals before and after to this PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Visual features: the embedding column, the built-in pixel descriptor, or auto
+        /// (embedding when present).
+        #[arg(long, value_enum, default_value_t = VisualArg::Auto)]
+        visual_features: VisualArg,
+        /// Caption styles feeding the semantic axis (repeatable; default all).
+        #[arg(long)]
+        caption_style: Vec<String>,
+        /// Cap on a sample's weight, as a multiple of the mean weight.
+        #[arg(long, default_value_t = 50.0)]
+        max_weight_ratio: f64,
+        /// Floor on the effective sample size, as a fraction of the samples.
+        #[arg(long, default_value_t = 0.05)]
+        min_ess: f64,
+        /// Report what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Show tables, row counts, versions, sizes on disk and schemas.
     Info {
@@ -106,7 +198,8 @@ enum Command {
         command: crate::ckpt::CkptCommand,
     },
     /// Run the main job end to end on built-in synthetic data:
-    /// synth → init → ingest → a few SQL queries → re-ingest (adds nothing).
+    /// synth → init → ingest → a few SQL queries → curate → sampling plan
+    /// (with its plot) → re-ingest (adds nothing).
     Demo {
         /// Working directory (default: a new directory under the system temp dir).
         #[arg(long)]
@@ -118,6 +211,13 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         videos: usize,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VisualArg {
+    Auto,
+    Embedding,
+    Builtin,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -236,16 +336,102 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             root,
             query,
             format,
+            out,
+            allow_write,
         } => {
-            let session = if root.join("CHECKPOINT.json").is_file() {
+            let session = if crate::storage::checkpoint::CkptRoot::is_root(&root) {
                 crate::query::Session::open_checkpoint(&root).await?
             } else {
                 crate::query::Session::open(&open(&root).await?).await?
+            }
+            .allow_write(allow_write);
+            let Some(query) = query else {
+                if out.is_some() {
+                    bail!("--out needs a query");
+                }
+                crate::repl::run(&session, format).await?;
+                return Ok(ExitCode::SUCCESS);
             };
+            if format == Format::Parquet && out.is_none() && std::io::stdout().is_terminal() {
+                bail!("--format parquet writes binary; give --out FILE or redirect stdout");
+            }
             let (schema, batches) = session.sql(&query).await?;
-            let mut stdout = std::io::stdout().lock();
-            output::write(&mut stdout, format, &schema, &batches)?;
-            stdout.flush()?;
+            match out {
+                Some(path) => {
+                    let mut file = std::fs::File::create(&path)
+                        .with_context(|| format!("while creating {}", path.display()))?;
+                    output::write(&mut file, format, &schema, &batches)?;
+                    file.sync_all()?;
+                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    eprintln!("wrote {rows} rows to {}", path.display());
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    output::write(&mut stdout, format, &schema, &batches)?;
+                    stdout.flush()?;
+                }
+            }
+        }
+        Command::Curate {
+            root,
+            max_defect_ratio,
+            min_aesthetic,
+            max_ocr_ratio,
+            min_side,
+            dry_run,
+            json,
+        } => {
+            let g = open(&root).await?;
+            let opts = crate::query::curate::CurateOptions {
+                max_defect_ratio,
+                min_aesthetic,
+                max_ocr_ratio,
+                min_side,
+                dry_run,
+            };
+            crate::curation::curate(&g, &opts, json).await?;
+        }
+        Command::Plan {
+            root,
+            name,
+            tau,
+            visual_k,
+            semantic_k,
+            seed,
+            filter,
+            replace,
+            plot,
+            visual_features,
+            caption_style,
+            max_weight_ratio,
+            min_ess,
+            dry_run,
+            json,
+        } => {
+            let g = open(&root).await?;
+            let opts = crate::query::plan::PlanOptions {
+                name,
+                tau,
+                visual_k,
+                semantic_k,
+                seed,
+                filter,
+                replace,
+                visual_features: match visual_features {
+                    VisualArg::Auto => crate::query::plan::VisualFeatures::Auto,
+                    VisualArg::Embedding => crate::query::plan::VisualFeatures::Embedding,
+                    VisualArg::Builtin => crate::query::plan::VisualFeatures::Builtin,
+                },
+                caption_styles: caption_style,
+                ipf: crate::query::ipf::IpfOptions {
+                    max_weight_ratio,
+                    min_ess_fraction: min_ess,
+                    ..Default::default()
+                },
+                dry_run,
+                ..Default::default()
+            };
+            crate::curation::plan(&g, &opts, plot.as_deref(), json).await?;
         }
         Command::Info { root, format } => {
             let g = open(&root).await?;
@@ -361,6 +547,9 @@ async fn ingest(root: &Path, src: &Path, opts: &IngestOptions) -> Result<ExitCod
 }
 
 async fn info(g: &Granary, format: Format) -> Result<()> {
+    if format == Format::Parquet {
+        bail!("info prints table, csv or json; --format parquet is for sql results");
+    }
     let tables = g.info().await?;
     let mut out = std::io::stdout().lock();
     match format {
@@ -379,7 +568,7 @@ async fn info(g: &Granary, format: Format) -> Result<()> {
                 writeln!(out, "{line}")?;
             }
         }
-        Format::Table | Format::Csv => {
+        Format::Table | Format::Csv | Format::Parquet => {
             writeln!(
                 out,
                 "granary {} (embedding dim {})",
@@ -454,12 +643,25 @@ async fn demo(dir: Option<PathBuf>, n: usize, videos: usize) -> Result<()> {
         let mut out = std::io::stdout().lock();
         output::write(&mut out, Format::Table, &schema, &batches)?;
     }
-    println!("\n== 5. ingest again: idempotent, adds nothing");
+    println!(
+        "\n== 5. curate: defect area < 20% kept with the boxes as loss mask, the rest dropped"
+    );
+    crate::curation::curate(&g, &crate::query::curate::CurateOptions::default(), false).await?;
+    let plot = dir.join("plan.png");
+    println!("\n== 6. plan: dual-axis sampling, tau 0.5");
+    let opts = crate::query::plan::PlanOptions {
+        name: "demo".into(),
+        visual_k: 6,
+        semantic_k: 6,
+        ..Default::default()
+    };
+    crate::curation::plan(&g, &opts, Some(&plot), false).await?;
+    println!("\n== 7. ingest again: idempotent, adds nothing");
     ingest(&root, &src, &IngestOptions::default()).await?;
     println!(
-        "\n== done. Explore it:\n  granary info {}\n  granary sql {} \"SELECT * FROM ingest_errors\"",
-        root.display(),
-        root.display()
+        "\n== done. Explore it:\n  granary info {r}\n  granary sql {r}\n  granary sql {r} \"SELECT plan, visual_cluster, count(*), sum(weight) FROM sampling_plans GROUP BY 1, 2 ORDER BY 2\"\n  plot: {}",
+        plot.display(),
+        r = root.display(),
     );
     Ok(())
 }

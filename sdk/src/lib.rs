@@ -7,7 +7,9 @@
 
 pub mod ckpt;
 pub mod cli;
+pub mod curation;
 pub mod output;
+mod repl;
 pub mod synth;
 
 pub use granary_query as query;

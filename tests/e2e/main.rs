@@ -6,6 +6,7 @@
 
 mod ckpt;
 mod cli;
+mod curation;
 mod fixture;
 mod formats;
 mod ingest;
