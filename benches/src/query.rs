@@ -1,0 +1,427 @@
+//! Bench `query`: curation queries over a synthetic granary, against DuckDB
+//! on the same rows exported to Parquet (measured in the same run), and the
+//! same queries on granaries whose images are ~5 KB and ~50 KB (time must
+//! not grow with image size: the scan never reads media bytes). Then `plan`
+//! on 1M generated rows with 64-dim embeddings, in a child process for its
+//! peak RSS. Prints JSON lines with ratios.
+//!
+//! Usage: `cargo run --release -p granary-benches --bin query -- [--n 100000] [--plan-n 1000000] [--dir WORKDIR] [--skip-plan]`
+//!
+//! Rows are generated directly (random payload bytes stand in for images;
+//! captions, defects, scores and embeddings follow the synthetic
+//! generator's distributions, skewed). All reads are warm (page cache): the
+//! data was just written, for both engines. DuckDB comes from
+//! `python3 -m pip install duckdb`; without it those rows are skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use granary::query::{Session, plan};
+use granary::storage::ingest::{Sample, append_samples};
+use granary::storage::media::{Format, MediaInfo};
+use granary::storage::sidecar::{Caption, Defect, Sidecar};
+use granary::storage::{Granary, schema};
+use granary_benches::wait_with_rusage;
+use serde_json::json;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const SHAPES: [&str; 6] = ["circle", "square", "triangle", "star", "hexagon", "diamond"];
+const COLOURS: [&str; 8] = [
+    "red", "blue", "green", "yellow", "purple", "orange", "black", "white",
+];
+const CANVASES: [(u32, u32); 3] = [(256, 256), (320, 192), (192, 320)];
+
+/// One generated row: a skewed shape class drives captions and embedding.
+fn row(rng: &mut Rng, i: u64, payload: usize, centres: &[Vec<f32>]) -> Sample {
+    let shape = if rng.unit() < 0.7 {
+        0
+    } else {
+        1 + rng.below(5)
+    };
+    let colour = COLOURS[rng.below(COLOURS.len())];
+    let (w, h) = CANVASES[rng.below(3)];
+    let mut bytes = vec![0u8; payload];
+    for chunk in bytes.chunks_mut(8) {
+        let v = rng.next().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    let mut defects = Vec::new();
+    if rng.unit() < 0.18 {
+        let frac = 0.02 + 0.33 * rng.unit();
+        let bw = ((f64::from(w * h) * frac).sqrt() as i32).min(w as i32 - 4);
+        let bh = ((f64::from(w * h) * frac) as i32 / bw).min(h as i32 - 4);
+        defects.push(Defect {
+            x0: 2,
+            y0: 2,
+            x1: 2 + bw,
+            y1: 2 + bh,
+            kind: "watermark".into(),
+        });
+    }
+    let s = SHAPES[shape];
+    let captions = vec![
+        Caption {
+            text: format!("a {colour} {s} on a plain background"),
+            lang: "en".into(),
+            style: "short".into(),
+        },
+        Caption {
+            text: format!("背景上的{colour}{s}"),
+            lang: "zh".into(),
+            style: "short".into(),
+        },
+    ];
+    let mut embedding: Vec<f32> = centres[shape].clone();
+    for v in &mut embedding {
+        *v += (rng.unit() as f32 - 0.5) * 0.2;
+    }
+    Sample {
+        id: format!("{i:032x}"),
+        key: format!("gen/{i:08}.jpg"),
+        content_hash: format!("{:032x}", rng.next()),
+        bytes,
+        info: MediaInfo {
+            format: Format::Jpeg,
+            width: w,
+            height: h,
+            frames: None,
+            fps: None,
+            duration_s: None,
+        },
+        source: Some("bench".into()),
+        sidecar: Sidecar {
+            captions,
+            aesthetic: Some((3.0 + 6.0 * rng.unit()) as f32),
+            ocr_ratio: Some(0.0),
+            motion: None,
+            source: None,
+            defects,
+            embedding: Some(embedding),
+        },
+    }
+}
+
+async fn make_granary(root: &Path, n: usize, payload: usize, seed: u64) -> Result<Granary> {
+    if root.join("samples.lance").is_dir() {
+        return Ok(Granary::open(root).await?);
+    }
+    let t = Instant::now();
+    let g = Granary::init(root, 64).await?;
+    let mut rng = Rng(seed);
+    let centres: Vec<Vec<f32>> = (0..6)
+        .map(|_| (0..64).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect())
+        .collect();
+    let batch = (64 << 20) / (payload + 512);
+    let mut i = 0u64;
+    while (i as usize) < n {
+        let m = batch.min(n - i as usize);
+        let rows: Vec<Sample> = (0..m)
+            .map(|k| row(&mut rng, i + k as u64, payload, &centres))
+            .collect();
+        append_samples(&g, &rows).await?;
+        i += m as u64;
+    }
+    eprintln!(
+        "generated {n} rows with {payload}-byte payloads in {} in {:.1} s",
+        root.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(g)
+}
+
+/// (name, DataFusion SQL, DuckDB SQL): the same question in each dialect.
+fn queries() -> Vec<(&'static str, String, String)> {
+    // DuckDB has no aspect_bucket: the same nearest-in-log-space rule as a CASE.
+    let mut buckets: Vec<(f64, &str)> = granary::query::udf::ASPECT_BUCKETS
+        .iter()
+        .map(|&(w, h)| (f64::from(w) / f64::from(h), ""))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut case = String::from("CASE");
+    for k in 0..buckets.len() - 1 {
+        let mid = (buckets[k].0.ln() + buckets[k + 1].0.ln()) / 2.0;
+        let label = granary::query::udf::aspect_bucket((buckets[k].0 * 1e6) as i64, 1_000_000)
+            .unwrap_or("?");
+        case.push_str(&format!(" WHEN ln(width / height) < {mid} THEN '{label}'"));
+    }
+    let last =
+        granary::query::udf::aspect_bucket((buckets[buckets.len() - 1].0 * 1e6) as i64, 1_000_000)
+            .unwrap_or("?");
+    case.push_str(&format!(" ELSE '{last}' END"));
+    vec![
+        (
+            "group_by_aspect_bucket",
+            "SELECT aspect_bucket(width, height) AS b, count(*) AS n, avg(aesthetic) AS a FROM samples GROUP BY 1 ORDER BY 1".into(),
+            format!("SELECT {case} AS b, count(*) AS n, avg(aesthetic) AS a FROM samples GROUP BY 1 ORDER BY 1"),
+        ),
+        (
+            "filter_score_caption_like",
+            "SELECT count(*) AS n FROM samples WHERE aesthetic > 6.5 AND captions[1]['text'] LIKE '%red star%'".into(),
+            "SELECT count(*) AS n FROM samples WHERE aesthetic > 6.5 AND captions[1].text LIKE '%red star%'".into(),
+        ),
+        (
+            "top_k_by_score",
+            "SELECT id, aesthetic FROM samples ORDER BY aesthetic DESC LIMIT 100".into(),
+            "SELECT id, aesthetic FROM samples ORDER BY aesthetic DESC LIMIT 100".into(),
+        ),
+        (
+            "defect_ratio_filter",
+            "SELECT count(*) AS n FROM samples WHERE cardinality(defects) > 0 AND defect_area_ratio(defects, width, height) < 0.2".into(),
+            // The generated rows hold at most one box, so the first box's area is the union.
+            "SELECT count(*) AS n FROM samples WHERE len(defects) > 0 AND (defects[1].x1 - defects[1].x0) * (defects[1].y1 - defects[1].y0) / (width * height) < 0.2".into(),
+        ),
+        (
+            "join_samples_plan",
+            "SELECT p.visual_cluster, count(*) AS n, sum(p.weight) AS w, avg(s.aesthetic) AS a FROM samples s JOIN sampling_plans p ON s.id = p.sample_id WHERE p.plan = 'bench' GROUP BY 1 ORDER BY 1".into(),
+            "SELECT p.visual_cluster, count(*) AS n, sum(p.weight) AS w, avg(s.aesthetic) AS a FROM samples s JOIN plans p ON s.id = p.sample_id WHERE p.plan = 'bench' GROUP BY 1 ORDER BY 1".into(),
+        ),
+    ]
+}
+
+/// Best of `reps` runs after one warm-up: (seconds, result rows).
+async fn time_ours(session: &Session, sql: &str, reps: usize) -> Result<(f64, usize)> {
+    let (_, b) = session.sql(sql).await?;
+    let rows = b.iter().map(|b| b.num_rows()).sum();
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        session.sql(sql).await?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((best, rows))
+}
+
+/// Export `samples` (all columns, media bytes as binary) and the plans to Parquet.
+async fn export_parquet(g: &Granary, dir: &Path) -> Result<()> {
+    use futures::StreamExt;
+    let ds = g.table(schema::SAMPLES).await?;
+    let mut scan = ds.scan();
+    scan.project(&[
+        "id",
+        "key",
+        "media",
+        "format",
+        "width",
+        "height",
+        "aesthetic",
+        "ocr_ratio",
+        "captions",
+        "defects",
+        "size_bytes",
+        "embedding",
+        "bytes",
+    ])?;
+    scan.blob_handling(lance::datatypes::BlobHandling::AllBinary);
+    let mut stream = scan.try_into_stream().await?;
+    let file = std::fs::File::create(dir.join("samples.parquet"))?;
+    let mut w: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
+    let mut file = Some(file);
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        if w.is_none() {
+            let f = file.take().context("parquet file")?;
+            w = Some(parquet::arrow::ArrowWriter::try_new(f, b.schema(), None)?);
+        }
+        if let Some(w) = w.as_mut() {
+            w.write(&b)?;
+        }
+    }
+    if let Some(w) = w {
+        w.close()?;
+    }
+    let session = Session::open(g).await?;
+    let (schema, batches) = session.sql("SELECT * FROM sampling_plans").await?;
+    write_parquet(&dir.join("plans.parquet"), &schema, &batches)
+}
+
+fn write_parquet(
+    path: &Path,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+) -> Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(())
+}
+
+const DUCKDB_SCRIPT: &str = r#"
+import json, sys, time
+import duckdb
+d = sys.argv[1]
+qs = json.loads(sys.argv[2])
+con = duckdb.connect()
+con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet('{d}/samples.parquet')")
+con.execute(f"CREATE VIEW plans AS SELECT * FROM read_parquet('{d}/plans.parquet')")
+out = {}
+for name, sql in qs:
+    rows = len(con.execute(sql).fetchall())
+    best = 1e9
+    for _ in range(int(sys.argv[3])):
+        t = time.perf_counter(); con.execute(sql).fetchall(); best = min(best, time.perf_counter() - t)
+    out[name] = [best, rows]
+print(json.dumps(out))
+"#;
+
+fn duckdb(dir: &Path, qs: &[(&str, String, String)], reps: usize) -> Option<serde_json::Value> {
+    let list: Vec<(&str, &str)> = qs.iter().map(|(n, _, d)| (*n, d.as_str())).collect();
+    let out = Command::new("python3")
+        .args(["-c", DUCKDB_SCRIPT])
+        .arg(dir)
+        .arg(serde_json::to_string(&list).ok()?)
+        .arg(reps.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "duckdb baseline unavailable (python3 -m pip install duckdb): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn plan_opts(name: &str) -> plan::PlanOptions {
+    plan::PlanOptions {
+        name: name.into(),
+        tau: 0.5,
+        visual_k: 16,
+        semantic_k: 16,
+        replace: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child-plan") {
+        let g = Granary::open(Path::new(&args[2])).await?;
+        let t = Instant::now();
+        let r = plan::plan(&g, &plan_opts("bench"), &|_| {}).await?;
+        println!(
+            "{}",
+            json!({"seconds": t.elapsed().as_secs_f64(), "samples": r.samples,
+                   "timings": r.timings.iter().map(|(k, s)| json!({"phase": k, "seconds": s})).collect::<Vec<_>>()})
+        );
+        return Ok(());
+    }
+    let n: usize = arg(&args, "--n")
+        .map_or(Ok(100_000), |s| s.parse())
+        .context("--n")?;
+    let plan_n: usize = arg(&args, "--plan-n")
+        .map_or(Ok(1_000_000), |s| s.parse())
+        .context("--plan-n")?;
+    let reps = 3;
+    let work = match arg(&args, "--dir") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("granary-bench-query-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work)?;
+    let small = make_granary(&work.join("g5k"), n, 5_000, 1).await?;
+    let large = make_granary(&work.join("g50k"), n, 50_000, 1).await?;
+    for g in [&small, &large] {
+        if !g.plan_exists("bench").await? {
+            plan::plan(g, &plan_opts("bench"), &|_| {}).await?;
+        }
+    }
+    let pq = work.join("parquet");
+    if !pq.join("plans.parquet").exists() {
+        std::fs::create_dir_all(&pq)?;
+        export_parquet(&small, &pq).await?;
+    }
+    let qs = queries();
+    let duck = duckdb(&pq, &qs, reps);
+    let s5 = Session::open(&small).await?;
+    let s50 = Session::open(&large).await?;
+    let mut all_ok = true;
+    for (name, ours, _) in &qs {
+        let (t5, rows5) = time_ours(&s5, ours, reps).await?;
+        let (t50, rows50) = time_ours(&s50, ours, reps).await?;
+        let size_ratio = t50 / t5;
+        let mut line = json!({
+            "bench": "query", "query": name, "rows": n, "granary_s_5kb": t5,
+            "granary_s_50kb": t50, "ratio_50kb_over_5kb": size_ratio,
+            "size_target_ok": size_ratio <= 1.2, "result_rows": rows5, "page_cache": "warm",
+        });
+        all_ok &= size_ratio <= 1.2 && rows5 == rows50;
+        match duck.as_ref().and_then(|d| d.get(*name)) {
+            Some(d) => {
+                let dt = d[0].as_f64().unwrap_or(f64::NAN);
+                let drows = d[1].as_u64().unwrap_or(0) as usize;
+                line["duckdb_s"] = json!(dt);
+                line["ratio_vs_duckdb"] = json!(t5 / dt);
+                line["duckdb_target_ok"] = json!(t5 / dt <= 1.5);
+                line["same_rows_as_duckdb"] = json!(drows == rows5);
+                all_ok &= t5 / dt <= 1.5;
+            }
+            None => line["duckdb"] = json!("skipped: duckdb unavailable"),
+        }
+        println!("{line}");
+    }
+    if !args.iter().any(|a| a == "--skip-plan") {
+        let root = work.join("g1m");
+        make_granary(&root, plan_n, 16, 2).await?;
+        let exe = std::env::current_exe()?;
+        let child = Command::new(&exe)
+            .args(["--child-plan", root.to_str().unwrap_or_default()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let pid = child.id() as i32;
+        let (code, rss_kib) = wait_with_rusage(pid)?;
+        let mut stdout = String::new();
+        if let Some(mut s) = child.stdout {
+            use std::io::Read;
+            s.read_to_string(&mut stdout)?;
+        }
+        if code != 0 {
+            bail!("plan child failed with {code}");
+        }
+        let r: serde_json::Value = serde_json::from_str(stdout.trim())?;
+        let secs = r["seconds"].as_f64().unwrap_or(f64::NAN);
+        let matrix = (plan_n * 64 * 4) as f64;
+        let rss = rss_kib as f64 * 1024.0;
+        println!(
+            "{}",
+            json!({"bench": "plan", "rows": plan_n, "dim": 64, "seconds": secs,
+                   "target_s": 60, "time_ok": secs < 60.0, "peak_rss_mib": rss / 1048576.0,
+                   "embedding_matrix_mib": matrix / 1048576.0, "rss_over_matrix": rss / matrix,
+                   "phases": r["timings"]})
+        );
+        all_ok &= secs < 60.0;
+    }
+    println!("{}", json!({"bench": "query", "all_targets_ok": all_ok}));
+    Ok(())
+}
