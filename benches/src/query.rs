@@ -32,23 +32,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+type Rng = granary::query::kmeans::SplitMix64;
 
 const SHAPES: [&str; 6] = ["circle", "square", "triangle", "star", "hexagon", "diamond"];
 const COLOURS: [&str; 8] = [
@@ -58,7 +42,7 @@ const CANVASES: [(u32, u32); 3] = [(256, 256), (320, 192), (192, 320)];
 
 /// One generated row: a skewed shape class drives captions and embedding.
 fn row(rng: &mut Rng, i: u64, payload: usize, centres: &[Vec<f32>]) -> Sample {
-    let shape = if rng.unit() < 0.7 {
+    let shape = if rng.next_f64() < 0.7 {
         0
     } else {
         1 + rng.below(5)
@@ -67,12 +51,12 @@ fn row(rng: &mut Rng, i: u64, payload: usize, centres: &[Vec<f32>]) -> Sample {
     let (w, h) = CANVASES[rng.below(3)];
     let mut bytes = vec![0u8; payload];
     for chunk in bytes.chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
+        let v = rng.next_u64().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
     let mut defects = Vec::new();
-    if rng.unit() < 0.18 {
-        let frac = 0.02 + 0.33 * rng.unit();
+    if rng.next_f64() < 0.18 {
+        let frac = 0.02 + 0.33 * rng.next_f64();
         let bw = ((f64::from(w * h) * frac).sqrt() as i32).min(w as i32 - 4);
         let bh = ((f64::from(w * h) * frac) as i32 / bw).min(h as i32 - 4);
         defects.push(Defect {
@@ -98,12 +82,12 @@ fn row(rng: &mut Rng, i: u64, payload: usize, centres: &[Vec<f32>]) -> Sample {
     ];
     let mut embedding: Vec<f32> = centres[shape].clone();
     for v in &mut embedding {
-        *v += (rng.unit() as f32 - 0.5) * 0.2;
+        *v += (rng.next_f64() as f32 - 0.5) * 0.2;
     }
     Sample {
         id: format!("{i:032x}"),
         key: format!("gen/{i:08}.jpg"),
-        content_hash: format!("{:032x}", rng.next()),
+        content_hash: format!("{:032x}", rng.next_u64()),
         bytes,
         info: MediaInfo {
             format: Format::Jpeg,
@@ -116,7 +100,7 @@ fn row(rng: &mut Rng, i: u64, payload: usize, centres: &[Vec<f32>]) -> Sample {
         source: Some("bench".into()),
         sidecar: Sidecar {
             captions,
-            aesthetic: Some((3.0 + 6.0 * rng.unit()) as f32),
+            aesthetic: Some((3.0 + 6.0 * rng.next_f64()) as f32),
             ocr_ratio: Some(0.0),
             motion: None,
             source: None,
@@ -132,11 +116,13 @@ async fn make_granary(root: &Path, n: usize, payload: usize, seed: u64) -> Resul
     }
     let t = Instant::now();
     let g = Granary::init(root, 64).await?;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let centres: Vec<Vec<f32>> = (0..6)
-        .map(|_| (0..64).map(|_| rng.unit() as f32 * 2.0 - 1.0).collect())
+        .map(|_| (0..64).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect())
         .collect();
-    let batch = (64 << 20) / (payload + 512);
+    // The same rows per commit at every payload size, so both granaries
+    // have the same fragments and only the media size differs.
+    let batch = 5_000;
     let mut i = 0u64;
     while (i as usize) < n {
         let m = batch.min(n - i as usize);

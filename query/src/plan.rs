@@ -164,7 +164,13 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
     }
     let mut timings = Vec::new();
     let t = Instant::now();
-    let samples_schema = g.table(schema::SAMPLES).await?.schema().clone();
+    let samples = g.table(schema::SAMPLES).await?;
+    if samples.count_rows(None).await? == 0 {
+        return Err(Error::Query(
+            "the selection is empty: the granary has no samples (ingest some first)".into(),
+        ));
+    }
+    let samples_schema = samples.schema().clone();
     let has_keep = samples_schema.field(KEEP).is_some();
     let has_embedding_values = has_any_embedding(g).await?;
     let (visual_col, visual_source) = match (opts.visual_features, has_embedding_values) {

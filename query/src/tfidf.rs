@@ -20,6 +20,8 @@ use std::sync::OnceLock;
 
 use jieba_rs::Jieba;
 
+use crate::kmeans::SplitMix64;
+
 /// The most documents [`cluster`] fits centroids on; the rest are only assigned.
 pub const FIT_SAMPLE: usize = 65_536;
 
@@ -259,29 +261,6 @@ impl TfIdf {
             out.clear();
         }
         out
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny deterministic generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `0..n`; `n` must be non-zero (multiply-shift, bias < n / 2^64).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
 
@@ -589,7 +568,7 @@ fn cluster_with_threads(
     max_iter: usize,
     threads: usize,
 ) -> SparseKMeans {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let is_usable: Vec<bool> = vectors.iter().map(|v| norm_sq(v, dim) > 0.0).collect();
     let mut usable: Vec<u32> = (0u32..)
         .zip(&is_usable)

@@ -263,27 +263,10 @@ fn ints(a: &ArrayRef) -> DfResult<ArrayRef> {
 fn eval_defect_ratio(a: &[ArrayRef]) -> DfResult<ArrayRef> {
     let (w, h) = (ints(&a[1])?, ints(&a[2])?);
     let (w, h) = (w.as_primitive::<Int64Type>(), h.as_primitive::<Int64Type>());
-    let mut out = Float64Builder::with_capacity(a[0].len());
-    let mut boxes = Vec::new();
-    for_each_list(&a[0], |row, items| {
-        let ratio = match items {
-            Some(s) if !w.is_null(row) && !h.is_null(row) => {
-                read_boxes(s, &mut boxes)?;
-                defect_area_ratio(&boxes, w.value(row), h.value(row))
-            }
-            _ => None,
-        };
-        out.append_option(ratio);
-        Ok(())
-    })?;
-    Ok(Arc::new(out.finish()))
-}
-
-/// Read `[x0, y0, x1, y1]` of every (non-null) box in a struct array.
-fn read_boxes(s: &StructArray, boxes: &mut Vec<[i64; 4]>) -> DfResult<()> {
-    boxes.clear();
+    // Cast the flattened box columns once per batch, then walk the offsets.
+    let (list, items) = flatten(&a[0])?;
     let cols = ["x0", "y0", "x1", "y1"]
-        .map(|n| s.column_by_name(n).map(ints).transpose())
+        .map(|n| items.column_by_name(n).map(ints).transpose())
         .into_iter()
         .collect::<DfResult<Vec<_>>>()?;
     let cols: Vec<&ArrayRef> = cols.iter().flatten().collect();
@@ -291,35 +274,34 @@ fn read_boxes(s: &StructArray, boxes: &mut Vec<[i64; 4]>) -> DfResult<()> {
         return plan_err!("defect boxes need x0, y0, x1, y1");
     }
     let c: Vec<_> = cols.iter().map(|c| c.as_primitive::<Int64Type>()).collect();
-    for i in 0..s.len() {
-        if s.is_null(i) || c.iter().any(|c| c.is_null(i)) {
+    let offsets = list.offsets();
+    let mut out = Float64Builder::with_capacity(list.len());
+    let mut boxes = Vec::new();
+    for row in 0..list.len() {
+        if list.is_null(row) || w.is_null(row) || h.is_null(row) {
+            out.append_null();
             continue;
         }
-        boxes.push([c[0].value(i), c[1].value(i), c[2].value(i), c[3].value(i)]);
+        boxes.clear();
+        for i in offsets[row] as usize..offsets[row + 1] as usize {
+            if items.is_null(i) || c.iter().any(|c| c.is_null(i)) {
+                continue;
+            }
+            boxes.push([c[0].value(i), c[1].value(i), c[2].value(i), c[3].value(i)]);
+        }
+        out.append_option(defect_area_ratio(&boxes, w.value(row), h.value(row)));
     }
-    Ok(())
+    Ok(Arc::new(out.finish()))
 }
 
-/// Call `f(row, items)` for every row of a `List<Struct>` array, with the
-/// row's items as a struct array (`None` for a null row).
-fn for_each_list(
-    list: &ArrayRef,
-    mut f: impl FnMut(usize, Option<&StructArray>) -> DfResult<()>,
-) -> DfResult<()> {
+/// A `List<Struct>` array as a large list and its flattened struct items.
+fn flatten(list: &ArrayRef) -> DfResult<(arrow::array::LargeListArray, StructArray)> {
     let list = cast(list, &large_of(list.data_type()))?;
-    let list = list.as_list::<i64>();
-    for row in 0..list.len() {
-        if list.is_null(row) {
-            f(row, None)?;
-            continue;
-        }
-        let items = list.value(row);
-        match items.as_struct_opt() {
-            Some(s) => f(row, Some(s))?,
-            None => return plan_err!("expected a list of structs"),
-        }
-    }
-    Ok(())
+    let list = list.as_list::<i64>().clone();
+    let Some(items) = list.values().as_struct_opt().cloned() else {
+        return plan_err!("expected a list of structs");
+    };
+    Ok((list, items))
 }
 
 fn large_of(t: &DataType) -> DataType {
@@ -352,26 +334,26 @@ fn eval_caption(a: &[ArrayRef]) -> DfResult<ArrayRef> {
             .then(|| arr.value(i).to_string())
             .filter(|v| v != "*")
     };
+    let (list, items) = flatten(&a[0])?;
+    let col = |n: &str| items.column_by_name(n).map(|c| cast(c, &DataType::Utf8));
+    let (Some(text), Some(l), Some(st)) = (col("text"), col("lang"), col("style")) else {
+        return plan_err!("captions need text, lang, style");
+    };
+    let (text, l, st) = (text?, l?, st?);
+    let (text, l, st) = (
+        text.as_string::<i32>(),
+        l.as_string::<i32>(),
+        st.as_string::<i32>(),
+    );
+    let offsets = list.offsets();
     let mut out = StringBuilder::new();
-    for_each_list(&a[0], |row, items| {
-        let Some(s) = items else {
+    for row in 0..list.len() {
+        if list.is_null(row) {
             out.append_null();
-            return Ok(());
-        };
-        let text = s.column_by_name("text").map(|c| cast(c, &DataType::Utf8));
-        let l = s.column_by_name("lang").map(|c| cast(c, &DataType::Utf8));
-        let st = s.column_by_name("style").map(|c| cast(c, &DataType::Utf8));
-        let (Some(text), Some(l), Some(st)) = (text, l, st) else {
-            return plan_err!("captions need text, lang, style");
-        };
-        let (text, l, st) = (text?, l?, st?);
-        let (text, l, st) = (
-            text.as_string::<i32>(),
-            l.as_string::<i32>(),
-            st.as_string::<i32>(),
-        );
+            continue;
+        }
         let (wl, ws) = (want(lang, row), want(style, row));
-        let found = (0..s.len()).find(|&i| {
+        let found = (offsets[row] as usize..offsets[row + 1] as usize).find(|&i| {
             !text.is_null(i)
                 && wl
                     .as_deref()
@@ -381,8 +363,7 @@ fn eval_caption(a: &[ArrayRef]) -> DfResult<ArrayRef> {
                     .is_none_or(|v| !st.is_null(i) && st.value(i) == v)
         });
         out.append_option(found.map(|i| text.value(i)));
-        Ok(())
-    })?;
+    }
     Ok(Arc::new(out.finish()))
 }
 

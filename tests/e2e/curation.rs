@@ -436,6 +436,41 @@ fn plan_writes_weights_that_flatten_the_skew_and_refuses_bad_input() {
         v
     };
     assert_eq!(strip(&a), strip(&b));
+    // As tau falls, the tail clusters gain mass (clusters do not depend on tau).
+    let tail_mass = |tau: &str| {
+        let out = ok(&[
+            "plan",
+            r,
+            "--name",
+            "t",
+            "--dry-run",
+            "--json",
+            "--tau",
+            tau,
+            "--visual-k",
+            "6",
+            "--semantic-k",
+            "6",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let clusters = v["visual"]["clusters"].as_array().unwrap().clone();
+        let smallest = clusters
+            .iter()
+            .min_by_key(|c| c["count"].as_u64().unwrap())
+            .unwrap();
+        (
+            smallest["before"].as_f64().unwrap(),
+            smallest["after"].as_f64().unwrap(),
+        )
+    };
+    let (raw, at1) = tail_mass("1");
+    let (_, at05) = tail_mass("0.5");
+    let (_, at0) = tail_mass("0");
+    assert!(
+        (raw - at1).abs() < 1e-3,
+        "tau 1 keeps the raw distribution: {raw} {at1}"
+    );
+    assert!(at1 < at05 && at05 < at0, "{at1} {at05} {at0}");
     // An empty selection and bad options: one line, exit 2, nothing written.
     let v = version(&root);
     for args in [

@@ -132,7 +132,7 @@ const CARS: [&str; 8] = [
 
 /// 60 captions alternating English about cats and Chinese about cars.
 fn two_topics() -> (Vec<Vec<(u32, f32)>>, TfIdf) {
-    let mut rng = SplitMix64(7);
+    let mut rng = SplitMix64::new(7);
     let docs: Vec<Vec<String>> = (0..60)
         .map(|i| {
             let (pool, sep) = if i % 2 == 0 {
@@ -205,7 +205,7 @@ fn empty_and_degenerate_inputs() {
 /// `dim / topics` terms (80% of a document's terms, the rest noise), and
 /// the true topic of each.
 fn synthetic(n: usize, dim: usize, topics: usize, seed: u64) -> (Vec<Vec<(u32, f32)>>, Vec<u32>) {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let span = dim / topics;
     let mut truth = Vec::with_capacity(n);
     let term = |topic: usize, rng: &mut SplitMix64| {
@@ -264,7 +264,7 @@ fn fits_on_at_most_fit_sample() {
 #[test]
 fn splitmix_known_values() {
     // Reference outputs of SplitMix64 seeded with 0.
-    let mut r = SplitMix64(0);
+    let mut r = SplitMix64::new(0);
     assert_eq!(
         (r.next_u64(), r.next_u64()),
         (0xE220_A839_7B1D_CDAF, 0x6E78_9E6A_A1B9_65F4)
