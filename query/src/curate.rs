@@ -12,7 +12,7 @@ use arrow::array::{Array, AsArray, BooleanArray, ListArray, RecordBatch, StringA
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Schema};
 use granary_storage::Granary;
-use granary_storage::schema::{self, DROP_REASON, KEEP, LOSS_MASK};
+use granary_storage::schema;
 
 use crate::{Error, Result, Session};
 
@@ -64,7 +64,7 @@ pub struct CurateReport {
 
 impl CurateReport {
     /// Samples that would have been lost had every sample with a defect
-    /// been dropped, as a fraction of those kept: what masking gains.
+    /// been dropped, as a fraction of the clean kept ones: what masking gains.
     pub fn masking_gain(&self) -> f64 {
         let without = self.kept_clean.max(1) as f64;
         self.kept_masked as f64 / without
@@ -244,6 +244,3 @@ pub async fn curate(g: &Granary, opts: &CurateOptions) -> Result<CurateReport> {
     }
     Ok(report)
 }
-
-/// Names of the columns curation writes, for documentation and tests.
-pub const COLUMNS: [&str; 3] = [KEEP, DROP_REASON, LOSS_MASK];

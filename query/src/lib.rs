@@ -164,22 +164,14 @@ impl Session {
         &self,
         query: &str,
     ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
-        let options = datafusion::execution::context::SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = self.ctx.sql_with_options(query, options).await?;
+        let df = self.ctx.sql_with_options(query, sql_options(false)).await?;
         Ok(df.execute_stream().await?)
     }
 
     /// Run one statement and collect its result. Only queries are allowed
     /// unless the session was opened with [`Session::allow_write`].
     pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let w = self.allow_write;
-        let options = datafusion::execution::context::SQLOptions::new()
-            .with_allow_ddl(w)
-            .with_allow_dml(w)
-            .with_allow_statements(w);
+        let options = sql_options(self.allow_write);
         let df =
             self.ctx
                 .sql_with_options(query, options)
@@ -201,6 +193,14 @@ impl Session {
         let batches = df.collect().await?;
         Ok((schema, batches))
     }
+}
+
+/// What a statement may do: queries only, or also DDL, DML and `SET`.
+fn sql_options(allow_write: bool) -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(allow_write)
+        .with_allow_dml(allow_write)
+        .with_allow_statements(allow_write)
 }
 
 async fn register_checkpoint(

@@ -172,22 +172,30 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
     }
     let samples_schema = samples.schema().clone();
     let has_keep = samples_schema.field(KEEP).is_some();
-    let has_embedding_values = has_any_embedding(g).await?;
-    let (visual_col, visual_source) = match (opts.visual_features, has_embedding_values) {
-        (VisualFeatures::Embedding, _) | (VisualFeatures::Auto, true) => ("embedding", "embedding"),
-        _ => {
-            progress("computing built-in visual descriptors from the pixels");
-            ensure_descriptors(g, progress).await?;
-            let ds = g.table(schema::SAMPLES).await?;
-            if ds.schema().field(VISUAL_DESCRIPTOR).is_none() {
-                return Err(Error::Query(
-                    "no sample has visual features: no embeddings, and no image could be \
-                     decoded for the built-in descriptor"
-                        .into(),
-                ));
-            }
-            (VISUAL_DESCRIPTOR, "built-in descriptor")
+    let use_embedding = match opts.visual_features {
+        VisualFeatures::Embedding => true,
+        VisualFeatures::Builtin => false,
+        VisualFeatures::Auto => {
+            samples
+                .count_rows(Some("embedding IS NOT NULL".into()))
+                .await?
+                > 0
         }
+    };
+    let (visual_col, visual_source) = if use_embedding {
+        ("embedding", "embedding")
+    } else {
+        progress("computing built-in visual descriptors from the pixels");
+        ensure_descriptors(g, progress).await?;
+        let ds = g.table(schema::SAMPLES).await?;
+        if ds.schema().field(VISUAL_DESCRIPTOR).is_none() {
+            return Err(Error::Query(
+                "no sample has visual features: no embeddings, and no image could be \
+                     decoded for the built-in descriptor"
+                    .into(),
+            ));
+        }
+        (VISUAL_DESCRIPTOR, "built-in descriptor")
     };
     let session = Session::open(g).await?;
     let mut predicate = opts.filter.clone().map(|f| format!("({f})"));
@@ -284,14 +292,7 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
     }
     let examples_v = examples(&visual.labels, v, &rows.captions);
     let examples_s = examples(&semantic.labels, s, &rows.captions);
-    let visual_report = axis_report(
-        "visual",
-        &count_v,
-        &after_v,
-        &target_v,
-        &vec![Vec::new(); v],
-        examples_v,
-    );
+    let visual_report = axis_report("visual", &count_v, &after_v, &target_v, &[], examples_v);
     let semantic_report = axis_report(
         "semantic", &count_s, &after_s, &target_s, &terms, examples_s,
     );
@@ -340,11 +341,6 @@ fn count_of(batches: &[RecordBatch]) -> i64 {
                 .as_primitive_opt::<arrow::datatypes::Int64Type>()
         })
         .map_or(0, |a| a.value(0))
-}
-
-async fn has_any_embedding(g: &Granary) -> Result<bool> {
-    let ds = g.table(schema::SAMPLES).await?;
-    Ok(ds.count_rows(Some("embedding IS NOT NULL".into())).await? > 0)
 }
 
 /// The selected rows: ids, a dense feature matrix, and captions as interned
