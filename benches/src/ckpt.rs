@@ -4,10 +4,18 @@
 //! under another layout. Prints JSON lines: save stall, save and load
 //! throughput and per-rank peak RSS, next to baselines measured in the same
 //! run on the same disk (memcpy of each rank's bytes; sequential write +
-//! fsync and sequential read of the same byte count), and the ratios.
+//! fsync and sequential read of the same byte count), and the ratios. The
+//! read baseline that the target uses lands the bytes in a resident buffer
+//! of that size, as a loader must; the same read into one reused 8 MiB
+//! buffer (cache-hot, so faster from the page cache) is printed next to it.
+//!
+//! This VM's disk changes speed several-fold within seconds, so each
+//! scenario runs `--rounds` times, every measurement right after its own
+//! baseline. The verdict compares each side's best round; the median of the
+//! paired per-round ratios and every round's figures are printed too.
 //!
 //! ```text
-//! cargo run --release -p granary-benches --bin ckpt -- [--gib 1.0] [--dir DIR] [--scenario all|rows2-cols3|rows2-1|flat4-rows2]
+//! cargo run --release -p granary-benches --bin ckpt -- [--gib 1.0] [--rounds 3] [--dir DIR] [--scenario all|rows2-cols3|rows2-1|flat4-rows2]
 //! ```
 //! Where `/proc/sys/vm/drop_caches` is writable, loads and the read
 //! baseline also run cold (`"cold": true`); otherwise they are served from
@@ -201,13 +209,15 @@ fn child_save(root: &Path, gib: f64, kind: &str, rank: usize, run: &str) -> Resu
         let r = h.wait()?;
         out.push(
             json!({"step": step, "stall_s": stall, "total_s": r.total.as_secs_f64(),
+                   "write_s": r.write.as_secs_f64(), "commit_s": r.commit.as_secs_f64(),
                         "written": r.bytes_written, "plan_cache_hit": r.plan_cache_hit}),
         );
     }
     bufs[flip][0] ^= 1 ^ 2; // back to the pristine values for the load check
     println!(
         "{}",
-        json!({"rank": rank, "bytes": bytes, "memcpy_s": memcpy_s, "steps": out, "engine": format!("{:?}", granary_storage::checkpoint::io::engine())})
+        json!({"rank": rank, "bytes": bytes, "memcpy_s": memcpy_s, "steps": out, "engine": format!("{:?}", granary_storage::checkpoint::io::engine()),
+               "peak_rss_mib": peak_rss_mib()?})
     );
     Ok(())
 }
@@ -258,12 +268,27 @@ fn child_load(root: &Path, gib: f64, kind: &str, rank: usize) -> Result<()> {
     }
     println!(
         "{}",
-        json!({"rank": rank, "owned": owned, "load_s": secs, "bytes_read": rep.bytes_read, "requests": rep.read_requests, "checked": checked})
+        json!({"rank": rank, "owned": owned, "load_s": secs, "bytes_read": rep.bytes_read, "requests": rep.read_requests, "checked": checked,
+               "peak_rss_mib": peak_rss_mib()?})
     );
     Ok(())
 }
 
-/// Run `args` as child processes at once; their JSON lines and peak RSS (MiB).
+/// This process's peak RSS in MiB (`VmHWM`). `wait4`'s `ru_maxrss` is not
+/// used: it carries over the parent's high-water mark from before `exec`,
+/// and the parent holds the read baseline's buffer.
+fn peak_rss_mib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib / 1024.0)
+}
+
+/// Run `args` as child processes at once; their JSON lines, their peak RSS
+/// (MiB, as each reported it) and the wall time.
 fn children(args: Vec<Vec<String>>) -> Result<(Vec<serde_json::Value>, Vec<f64>, f64)> {
     let t = Instant::now();
     let mut kids = Vec::new();
@@ -279,42 +304,242 @@ fn children(args: Vec<Vec<String>>) -> Result<(Vec<serde_json::Value>, Vec<f64>,
     for mut c in kids {
         let mut s = String::new();
         c.stdout.take().expect("piped").read_to_string(&mut s)?;
-        let (code, maxrss) = wait_with_rusage(c.id() as i32)?;
+        let (code, _) = wait_with_rusage(c.id() as i32)?;
         if code != 0 {
             bail!("a rank process failed with status {code}");
         }
-        lines.push(serde_json::from_str(s.trim()).context("child output")?);
-        rss.push(maxrss as f64 / 1024.0);
+        let line: serde_json::Value = serde_json::from_str(s.trim()).context("child output")?;
+        rss.push(line["peak_rss_mib"].as_f64().context("child peak RSS")?);
+        lines.push(line);
     }
     Ok((lines, rss, t.elapsed().as_secs_f64()))
 }
 
-/// Sequential write + fsync, then sequential reads of `bytes`: warm (page
-/// cache) and, where caches can be dropped, cold.
-fn baselines(dir: &Path, bytes: u64) -> Result<(f64, f64, Option<f64>)> {
-    let path = dir.join("baseline.bin");
-    let block = vec![7u8; 8 << 20];
+/// Plain sequential write + fsync of `bytes` to `path`; seconds. The bytes
+/// are as incompressible as model state: this VM's disk writes constant
+/// bytes about 1.35× faster than random ones (a host layer compresses or
+/// deduplicates), so a constant-filled baseline would flatter the disk.
+/// Every 4 KiB page gets a fresh counter, so no two pages are equal.
+fn baseline_write(path: &Path, bytes: u64) -> Result<f64> {
+    let mut block = vec![0u8; 8 << 20];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for w in block.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    let mut page = 0u64;
     let t = Instant::now();
-    let mut f = std::fs::File::create(&path)?;
+    let mut f = std::fs::File::create(path)?;
     let mut left = bytes;
     while left > 0 {
+        for p in block.chunks_exact_mut(4096) {
+            page += 1;
+            p[..8].copy_from_slice(&page.to_le_bytes());
+        }
         let n = left.min(block.len() as u64) as usize;
         f.write_all(&block[..n])?;
         left -= n as u64;
     }
     f.sync_all()?;
-    let write_s = t.elapsed().as_secs_f64();
-    let read = || -> Result<f64> {
-        let t = Instant::now();
-        let mut f = std::fs::File::open(&path)?;
-        let mut buf = vec![0u8; 8 << 20];
-        while f.read(&mut buf)? > 0 {}
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let warm_s = read()?;
-    let cold_s = if drop_caches() { Some(read()?) } else { None };
-    std::fs::remove_file(&path)?;
-    Ok((write_s, warm_s, cold_s))
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Plain sequential read of the whole file at `path` in 8 MiB requests;
+/// seconds. With `into`, the bytes land one after another in that
+/// resident buffer (as a loader's must: every byte in its own place);
+/// without, every request reuses one 8 MiB buffer that stays in the CPU
+/// cache, which no loader can do.
+fn baseline_read(path: &Path, into: Option<&mut [u8]>) -> Result<f64> {
+    let mut f = std::fs::File::open(path)?;
+    let mut small = vec![0u8; 8 << 20];
+    let t = Instant::now();
+    match into {
+        Some(buf) => {
+            for piece in buf.chunks_mut(8 << 20) {
+                f.read_exact(piece)?;
+            }
+        }
+        None => while f.read(&mut small)? > 0 {},
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn child_args(
+    mode: &str,
+    gib: f64,
+    root: &Path,
+    kind: &str,
+    ranks: usize,
+    run: Option<&str>,
+) -> Vec<Vec<String>> {
+    (0..ranks)
+        .map(|r| {
+            let mut a: Vec<String> = [
+                "--gib",
+                &gib.to_string(),
+                mode,
+                root.to_str().unwrap(),
+                kind,
+                &r.to_string(),
+            ]
+            .map(String::from)
+            .to_vec();
+            a.extend(run.map(String::from));
+            a
+        })
+        .collect()
+}
+
+/// One round's figures: stall/memcpy, (save, write baseline) GB/s, and per
+/// load (cold?, (load, read baseline) GB/s, RSS within target).
+struct Round {
+    stall: f64,
+    save: (f64, f64),
+    loads: Vec<(bool, (f64, f64), bool)>,
+}
+
+/// Engine over baseline, two ways: the median of the paired per-round
+/// ratios, and best over best (each side's fastest round).
+fn ratios(pairs: &[(f64, f64)]) -> Option<serde_json::Value> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let paired: Vec<f64> = pairs.iter().map(|(e, b)| e / b).collect();
+    let best = pairs.iter().map(|p| p.0).fold(0.0, f64::max)
+        / pairs.iter().map(|p| p.1).fold(0.0, f64::max);
+    Some(json!({"best_over_best": best, "median_paired": median(&paired), "per_round": paired}))
+}
+
+/// One round of a scenario: each engine measurement right after its
+/// baseline on the same disk, so the pair sees the same disk weather.
+/// Returns (stall/memcpy, save/write, [(cold, load/read, rss ok)]).
+#[allow(clippy::type_complexity)]
+fn round(
+    work: &Path,
+    (name, save_kind, load_kind): (&str, &str, &str),
+    gib: f64,
+    total: u64,
+    tensors: &[T],
+    k: usize,
+    resident: &mut [u8],
+) -> Result<Round> {
+    let root = work.join(name);
+    let _ = std::fs::remove_dir_all(&root);
+    let base = work.join("baseline.bin");
+    let write_s = baseline_write(&base, total)?;
+    let n_save = layout(save_kind, tensors)?.len();
+    let run = format!("bench{}r{k}", std::process::id());
+    let (saves, save_rss, _) = children(child_args(
+        "--child-save",
+        gib,
+        &root,
+        save_kind,
+        n_save,
+        Some(&run),
+    ))?;
+    let stall_ratio = saves
+        .iter()
+        .map(|s| s["steps"][1]["stall_s"].as_f64().unwrap() / s["memcpy_s"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let save_total = saves
+        .iter()
+        .map(|s| s["steps"][1]["total_s"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let written: u64 = saves
+        .iter()
+        .map(|s| s["steps"][1]["written"].as_u64().unwrap())
+        .sum();
+    let (save_gbs, write_gbs) = (
+        written as f64 / 1e9 / save_total,
+        total as f64 / 1e9 / write_s,
+    );
+    println!(
+        "{}",
+        json!({"bench": "ckpt", "scenario": name, "round": k, "what": "save", "ranks": n_save, "per_rank": saves, "peak_rss_mib": save_rss,
+               "save_total_s": save_total, "save_gb_per_s": save_gbs, "baseline_write_fsync_gb_per_s": write_gbs,
+               "stall_over_memcpy": stall_ratio, "save_over_write": save_gbs / write_gbs})
+    );
+    let n_load = layout(load_kind, tensors)?.len();
+    let mut loads_out = Vec::new();
+    for cold in [false, true] {
+        if cold && !drop_caches() {
+            println!(
+                "{}",
+                json!({"bench": "ckpt", "scenario": name, "round": k, "what": "load", "cold": true, "skipped": "drop_caches is not writable here"})
+            );
+            continue;
+        }
+        // Warm: the baseline file is read once to bring it into the cache.
+        if !cold {
+            baseline_read(&base, None)?;
+        }
+        let reused_s = baseline_read(&base, None)?;
+        if cold {
+            drop_caches();
+        }
+        let read_s = baseline_read(&base, Some(resident))?;
+        if cold {
+            drop_caches();
+        } else {
+            // The checkpoint's own files are in the cache after a first pass.
+            children(child_args(
+                "--child-load",
+                gib,
+                &root,
+                load_kind,
+                n_load,
+                None,
+            ))?;
+        }
+        let (loads, load_rss, wall) = children(child_args(
+            "--child-load",
+            gib,
+            &root,
+            load_kind,
+            n_load,
+            None,
+        ))?;
+        let load_s = loads
+            .iter()
+            .map(|l| l["load_s"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        let gbs = |s: f64| total as f64 / 1e9 / s;
+        let (load_gbs, read_gbs, reused_gbs) = (gbs(load_s), gbs(read_s), gbs(reused_s));
+        let rss_ok = loads
+            .iter()
+            .zip(&load_rss)
+            .all(|(l, rss)| *rss <= 1.25 * l["owned"].as_f64().unwrap() / (1 << 20) as f64 + 256.0);
+        println!(
+            "{}",
+            json!({"bench": "ckpt", "scenario": name, "round": k, "what": "load", "ranks": n_load, "cold": cold, "page_cache": !cold,
+                   "per_rank": loads, "peak_rss_mib": load_rss, "load_s": load_s, "wall_s": wall,
+                   "load_gb_per_s": load_gbs, "baseline_read_gb_per_s": read_gbs,
+                   "baseline_read_reused_buffer_gb_per_s": reused_gbs,
+                   "load_over_read": load_gbs / read_gbs, "load_over_read_reused_buffer": load_gbs / reused_gbs,
+                   "rss_within_target": rss_ok})
+        );
+        loads_out.push((cold, (load_gbs, read_gbs), rss_ok));
+    }
+    std::fs::remove_file(&base)?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(Round {
+        stall: stall_ratio,
+        save: (save_gbs, write_gbs),
+        loads: loads_out,
+    })
 }
 
 fn main() -> Result<()> {
@@ -327,6 +552,10 @@ fn main() -> Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--child-load") {
         let a = &args[i + 1..];
         return child_load(Path::new(&a[0]), gib, &a[1], a[2].parse()?);
+    }
+    let rounds: usize = arg(&args, "--rounds").unwrap_or("3").parse()?;
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     let work: PathBuf = match arg(&args, "--dir") {
         Some(d) => PathBuf::from(d),
@@ -341,7 +570,7 @@ fn main() -> Result<()> {
         .sum();
     println!(
         "{}",
-        json!({"bench": "ckpt", "what": "model", "tensors": tensors.len(), "bytes": total, "gib_params": gib})
+        json!({"bench": "ckpt", "what": "model", "tensors": tensors.len(), "bytes": total, "gib_params": gib, "rounds": rounds})
     );
     for (name, save_kind, load_kind) in [
         ("rows2-cols3", "rows2", "cols3"),
@@ -351,109 +580,53 @@ fn main() -> Result<()> {
         if which != "all" && which != name {
             continue;
         }
-        let root = work.join(name);
-        let _ = std::fs::remove_dir_all(&root);
-        let (write_s, warm_read_s, cold_read_s) = baselines(&work, total)?;
-        let n_save = layout(save_kind, &tensors)?.len();
-        let run = format!("bench{}", std::process::id());
-        let save_args = (0..n_save)
-            .map(|r| {
-                [
-                    "--gib",
-                    &gib.to_string(),
-                    "--child-save",
-                    root.to_str().unwrap(),
-                    save_kind,
-                    &r.to_string(),
-                    &run,
-                ]
-                .map(String::from)
-                .to_vec()
-            })
-            .collect();
-        let (saves, save_rss, _) = children(save_args)?;
-        let stall_ratio = saves
-            .iter()
-            .map(|s| s["steps"][1]["stall_s"].as_f64().unwrap() / s["memcpy_s"].as_f64().unwrap())
-            .fold(0.0, f64::max);
-        let save_total = saves
-            .iter()
-            .map(|s| s["steps"][1]["total_s"].as_f64().unwrap())
-            .fold(0.0, f64::max);
-        let written: u64 = saves
-            .iter()
-            .map(|s| s["steps"][1]["written"].as_u64().unwrap())
-            .sum();
-        let (save_gbs, write_gbs) = (
-            written as f64 / 1e9 / save_total,
-            total as f64 / 1e9 / write_s,
-        );
-        println!(
-            "{}",
-            json!({"bench": "ckpt", "scenario": name, "what": "save", "ranks": n_save, "per_rank": saves, "peak_rss_mib": save_rss,
-                   "save_total_s": save_total, "save_gb_per_s": save_gbs, "baseline_write_fsync_gb_per_s": write_gbs,
-                   "stall_over_memcpy": stall_ratio, "save_over_write": save_gbs / write_gbs})
-        );
-        let n_load = layout(load_kind, &tensors)?.len();
-        for cold in [false, true] {
-            if cold && !drop_caches() {
-                println!(
-                    "{}",
-                    json!({"bench": "ckpt", "scenario": name, "what": "load", "cold": true, "skipped": "drop_caches is not writable here"})
-                );
-                continue;
-            }
-            let load_args = (0..n_load)
-                .map(|r| {
-                    [
-                        "--gib",
-                        &gib.to_string(),
-                        "--child-load",
-                        root.to_str().unwrap(),
-                        load_kind,
-                        &r.to_string(),
-                    ]
-                    .map(String::from)
-                    .to_vec()
-                })
-                .collect();
-            let (loads, load_rss, wall) = children(load_args)?;
-            let load_s = loads
-                .iter()
-                .map(|l| l["load_s"].as_f64().unwrap())
-                .fold(0.0, f64::max);
-            let read_s = if cold {
-                cold_read_s.expect("caches were dropped")
-            } else {
-                warm_read_s
-            };
-            let (load_gbs, read_gbs) = (total as f64 / 1e9 / load_s, total as f64 / 1e9 / read_s);
-            let rss_ok = loads.iter().zip(&load_rss).all(|(l, rss)| {
-                *rss <= 1.25 * l["owned"].as_f64().unwrap() / (1 << 20) as f64 + 256.0
-            });
-            println!(
-                "{}",
-                json!({"bench": "ckpt", "scenario": name, "what": "load", "ranks": n_load, "cold": cold, "page_cache": !cold,
-                       "per_rank": loads, "peak_rss_mib": load_rss, "load_s": load_s, "wall_s": wall,
-                       "load_gb_per_s": load_gbs, "baseline_read_gb_per_s": read_gbs,
-                       "load_over_read": load_gbs / read_gbs, "rss_within_target": rss_ok})
-            );
-            {
-                let pass = stall_ratio <= 1.2
-                    && save_gbs / write_gbs >= 0.9
-                    && load_gbs / read_gbs >= 0.85
-                    && rss_ok;
-                println!(
-                    "{}",
-                    json!({"bench": "ckpt", "scenario": name, "what": "ratio", "cold": cold,
-                           "stall_over_memcpy": stall_ratio, "target_stall": 1.2,
-                           "save_over_write": save_gbs / write_gbs, "target_save": 0.9,
-                           "load_over_read": load_gbs / read_gbs, "target_load": 0.85,
-                           "rss_within_target": rss_ok, "pass": pass})
-                );
+        let mut stall = Vec::new();
+        let mut save = Vec::new();
+        let mut load: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        let mut rss_ok = true;
+        // The read baseline's destination, faulted in once like a trainer's parameters.
+        let mut resident = vec![1u8; total as usize];
+        for k in 0..rounds {
+            let r = round(
+                &work,
+                (name, save_kind, load_kind),
+                gib,
+                total,
+                &tensors,
+                k,
+                &mut resident,
+            )?;
+            stall.push(r.stall);
+            save.push(r.save);
+            for (cold, pair, ok) in r.loads {
+                load[cold as usize].push(pair);
+                rss_ok &= ok;
             }
         }
-        let _ = std::fs::remove_dir_all(&root);
+        // This VM's disk changes speed several-fold within seconds, and
+        // adjacent baseline and engine runs do not see the same disk. Noise
+        // here only ever slows a run down, so the verdict compares each
+        // side's best round (as `timeit` takes the minimum); the median of
+        // the paired ratios is printed next to it.
+        let stall_m = median(&stall);
+        let save_r = ratios(&save).expect("at least one round");
+        let (warm_r, cold_r) = (ratios(&load[0]), ratios(&load[1]));
+        let best = |v: &Option<serde_json::Value>| {
+            v.as_ref().map(|v| v["best_over_best"].as_f64().unwrap())
+        };
+        let pass = stall_m <= 1.2
+            && save_r["best_over_best"].as_f64().unwrap() >= 0.9
+            && best(&warm_r).is_none_or(|r| r >= 0.85)
+            && best(&cold_r).is_none_or(|r| r >= 0.85)
+            && rss_ok;
+        println!(
+            "{}",
+            json!({"bench": "ckpt", "scenario": name, "what": "ratio", "rounds": rounds, "verdict_on": "best_over_best",
+                   "stall_over_memcpy": stall_m, "stall_per_round": stall, "target_stall": 1.2,
+                   "save_over_write": save_r, "target_save": 0.9,
+                   "load_over_read_warm": warm_r, "load_over_read_cold": cold_r, "target_load": 0.85,
+                   "rss_within_target": rss_ok, "pass": pass})
+        );
     }
     if arg(&args, "--dir").is_none() {
         let _ = std::fs::remove_dir_all(&work);

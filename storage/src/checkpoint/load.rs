@@ -24,8 +24,18 @@ use crate::error::{Error, Result};
 
 /// Upper bound on the bytes of one read batch.
 const BATCH_BYTES: u64 = 32 << 20;
+/// Bytes one read worker takes at a time on the direct path: large enough
+/// for deep reads, small enough that the checksum pass after the read
+/// still finds the bytes in cache.
+const GROUP_BYTES: u64 = 8 << 20;
 /// Blocks closer than this in one file are read with one request.
 const MERGE_GAP: u64 = 64 << 10;
+
+/// Read workers: each reads its own groups and verifies them, so reading
+/// and checksumming use every core.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
 
 /// A region of a tensor to fill, and where.
 pub struct Target<'a> {
@@ -292,9 +302,9 @@ impl Checkpoint {
     }
 
     /// Read whole raw blocks straight into target buffers, coalescing
-    /// neighbours (adjacent in the file and in the target) into one request,
-    /// in bounded batches on a reader thread while this thread verifies the
-    /// previous batch's checksums in place.
+    /// neighbours (adjacent in the file and in the target) into one request.
+    /// Worker threads each take a group of requests in file order, read it
+    /// and verify its checksums in place while the bytes are still in cache.
     fn read_direct(
         &self,
         targets: &mut [Target<'_>],
@@ -328,7 +338,7 @@ impl Checkpoint {
                         if *f == c.file.as_str()
                             && *o + *l0 as u64 == off
                             && *d0 + *l0 == dst
-                            && *l0 + len <= BATCH_BYTES as usize =>
+                            && *l0 + len <= GROUP_BYTES as usize =>
                     {
                         blocks.push((ci, b, *l0));
                         *l0 += len;
@@ -349,75 +359,105 @@ impl Checkpoint {
         }
         segs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let requests = segs.len();
-        let mut batches: Vec<Vec<Seg<'_>>> = Vec::new();
+        // Groups of neighbouring segments, taken in file order by workers
+        // that each read a group and verify it while it is still in cache.
+        let mut groups: Vec<Vec<Seg<'_>>> = Vec::new();
         let mut size = 0usize;
         for s in segs {
-            if batches.is_empty() || size + s.2.len() > BATCH_BYTES as usize {
-                batches.push(Vec::new());
+            if groups.is_empty() || size + s.2.len() > GROUP_BYTES as usize {
+                groups.push(Vec::new());
                 size = 0;
             }
             size += s.2.len();
-            batches.last_mut().expect("just pushed").push(s);
+            groups.last_mut().expect("just pushed").push(s);
         }
-        let mut total = 0u64;
-        std::thread::scope(|sc| -> Result<()> {
-            let (tx, rx) = sync_channel::<(Vec<Seg<'_>>, Option<(String, String)>)>(1);
-            let root = &self.root;
-            let chunks = &self.chunks;
-            sc.spawn(move || {
-                let mut open: HashMap<&str, File> = HashMap::new();
-                for mut batch in batches {
-                    let mut err = None;
-                    for s in batch.iter_mut() {
-                        let path = root.resolve(s.0);
-                        let file = match open.get(s.0) {
-                            Some(f) => f,
-                            None => match File::open(&path) {
-                                Ok(f) => open.entry(s.0).or_insert(f),
-                                Err(e) => {
-                                    err = Some((
-                                        chunks[s.3[0].0].fqn.clone(),
-                                        format!("{}: {e}", path.display()),
-                                    ));
-                                    break;
-                                }
-                            },
-                        };
-                        if let Err(e) = io::read_at(file, &path, &mut [(s.1, &mut s.2[..])]) {
-                            err = Some((chunks[s.3[0].0].fqn.clone(), e.to_string()));
-                            break;
-                        }
-                    }
-                    let stop = err.is_some();
-                    if tx.send((batch, err)).is_err() || stop {
-                        return;
-                    }
+        let queue = std::sync::Mutex::new(groups.into_iter().enumerate());
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let worker = || -> std::result::Result<u64, (usize, Error)> {
+            let mut open: HashMap<&str, File> = HashMap::new();
+            let mut total = 0u64;
+            loop {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(total);
                 }
-            });
-            for (batch, err) in rx {
-                if let Some((fqn, e)) = err {
-                    return Err(Error::Corrupt(format!("tensor {fqn}: {e}")));
+                let Some((g, mut group)) = queue.lock().expect("queue lock").next() else {
+                    return Ok(total);
+                };
+                let fail = |e: Error| {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    (g, e)
+                };
+                // One request list per file, in order.
+                let mut at = 0;
+                while at < group.len() {
+                    let f = group[at].0;
+                    let end = at + group[at..].iter().take_while(|s| s.0 == f).count();
+                    let path = self.root.resolve(f);
+                    let first_chunk = group[at].3[0].0;
+                    let fqn = || self.chunks[first_chunk].fqn.clone();
+                    let file = match open.get(f) {
+                        Some(file) => file,
+                        None => match File::open(&path) {
+                            Ok(file) => open.entry(f).or_insert(file),
+                            Err(e) => {
+                                return Err(fail(Error::Corrupt(format!(
+                                    "tensor {}: {}: {e}",
+                                    fqn(),
+                                    path.display()
+                                ))));
+                            }
+                        },
+                    };
+                    let mut reqs: Vec<(u64, &mut [u8])> = group[at..end]
+                        .iter_mut()
+                        .map(|s| (s.1, &mut s.2[..]))
+                        .collect();
+                    if let Err(e) = io::read_at(file, &path, &mut reqs) {
+                        return Err(fail(Error::Corrupt(format!("tensor {}: {e}", fqn()))));
+                    }
+                    at = end;
                 }
-                for (_, _, data, blocks) in &batch {
+                for (_, _, data, blocks) in &group {
                     for (k, &(ci, b, at)) in blocks.iter().enumerate() {
                         let c = &self.chunks[ci];
                         let end = blocks.get(k + 1).map_or(data.len(), |x| x.2);
                         if codec::checksum(&data[at..end]) != c.checksums[b] {
                             let (off, len) = c.block_span(b);
-                            return Err(Error::Corrupt(format!(
+                            return Err(fail(Error::Corrupt(format!(
                                 "tensor {}: checksum mismatch in {} block {b} (bytes {off}..{})",
                                 c.fqn,
                                 c.file,
                                 off + len
-                            )));
+                            ))));
                         }
                         total += (end - at) as u64;
                     }
                 }
             }
-            Ok(())
-        })?;
-        Ok((total, requests))
+        };
+        let results: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..workers()).map(|_| sc.spawn(worker)).collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("checkpoint read worker panicked"))
+                .collect()
+        });
+        // The error of the earliest group, so the message does not depend on timing.
+        let mut total = 0u64;
+        let mut first: Option<(usize, Error)> = None;
+        for r in results {
+            match r {
+                Ok(n) => total += n,
+                Err((g, e)) => {
+                    if first.as_ref().is_none_or(|(g0, _)| g < *g0) {
+                        first = Some((g, e));
+                    }
+                }
+            }
+        }
+        match first {
+            Some((_, e)) => Err(e),
+            None => Ok((total, requests)),
+        }
     }
 
     /// Read every block of every chunk and check its checksum.

@@ -127,6 +127,11 @@ pub struct SaveReport {
     pub stall: Duration,
     /// From the `save_async` call to this rank's completion (commit included).
     pub total: Duration,
+    /// Writing this rank's chunk file, fsync included.
+    pub write: Duration,
+    /// After the write: staging the metadata rows, and waiting for (or on
+    /// rank 0, doing) the commit.
+    pub commit: Duration,
     /// Bytes this rank wrote to its chunk file (after dedup and encoding).
     pub bytes_written: u64,
     pub chunks_written: usize,
@@ -471,6 +476,7 @@ impl Job {
         // 3. Write this rank's chunks.
         let mine = &assignment[self.rank as usize];
         let rel = format!("data/step-{step}-{}/rank-{}.bin", self.run, self.rank);
+        let write_start = Instant::now();
         let (rows, bytes_written) = if mine.is_empty() {
             (Vec::new(), 0)
         } else {
@@ -487,6 +493,8 @@ impl Job {
             fsync_dir(&root.path().join("data"))?;
             out
         };
+        let write = write_start.elapsed();
+        let commit_start = Instant::now();
         let fragments = self.root.stage_chunks(&rows).await?;
         let manifest = Manifest {
             rank: self.rank,
@@ -569,6 +577,8 @@ impl Job {
             rank: self.rank,
             stall: self.stall,
             total: self.start.elapsed(),
+            write,
+            commit: commit_start.elapsed(),
             bytes_written,
             chunks_written: rows.len(),
             plan_cache_hit,
