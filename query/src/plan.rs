@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Float32Type};
 use futures::StreamExt;
@@ -212,9 +212,10 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
     );
     progress("reading features and captions");
-    let rows = read_rows(&session, &query, &opts.caption_styles).await?;
+    let mut rows = read_rows(&session, &query, &opts.caption_styles).await?;
+    let ids = rows.ids.finish();
     timings.push(("read", t.elapsed().as_secs_f64()));
-    if rows.ids.is_empty() {
+    if ids.is_empty() {
         return Err(Error::Query(format!(
             "the selection is empty{}: nothing to plan (skipped {} with NaN features, {} without features)",
             opts.filter
@@ -225,7 +226,7 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
             rows.skipped_missing
         )));
     }
-    let n = rows.ids.len();
+    let n = ids.len();
 
     let t = Instant::now();
     progress(&format!("visual axis: hierarchical k-means of {n} samples"));
@@ -247,16 +248,15 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
     progress("semantic axis: TF-IDF of captions, spherical k-means");
     let tfidf = TfIdf::from_df(rows.vocab_df(), n, &TfIdfOptions::default());
     let remap = rows.remap_to(&tfidf);
-    let vectors: Vec<Vec<(u32, f32)>> = (0..n)
-        .map(|i| {
-            let mut ids: Vec<u32> = rows
-                .doc(i)
-                .iter()
-                .filter_map(|&t| remap[t as usize])
-                .collect();
-            tfidf.transform_ids(&mut ids)
-        })
-        .collect();
+    let mut vectors = tfidf::Csr::default();
+    let mut doc = Vec::new();
+    for i in 0..n {
+        doc.clear();
+        doc.extend(rows.doc(i).iter().filter_map(|&t| remap[t as usize]));
+        vectors.push(&tfidf.transform_ids(&mut doc));
+    }
+    // The tokens are not needed any more: give their memory back before clustering.
+    rows.tokens = Vec::new();
     let semantic = tfidf::cluster(&vectors, tfidf.dim(), opts.semantic_k, opts.seed, 25);
     drop(vectors);
     let terms = semantic.top_terms(&tfidf, 4);
@@ -290,24 +290,26 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         after_v[visual.labels[i] as usize] += weights[i] / total_w;
         after_s[semantic.labels[i] as usize] += weights[i] / total_w;
     }
-    let examples_v = examples(&visual.labels, v, &rows.captions);
-    let examples_s = examples(&semantic.labels, s, &rows.captions);
+    let (skipped_nan, skipped_missing) = (rows.skipped_nan, rows.skipped_missing);
+    drop(rows);
+    let (examples_v, examples_s) = examples(
+        &session,
+        &ids,
+        [(&visual.labels, v), (&semantic.labels, s)],
+        &opts.caption_styles,
+    )
+    .await?;
     let visual_report = axis_report("visual", &count_v, &after_v, &target_v, &[], examples_v);
     let semantic_report = axis_report(
         "semantic", &count_s, &after_s, &target_s, &terms, examples_s,
     );
 
+    let max_weight = weights.iter().copied().fold(0.0, f64::max);
     let mut version = None;
     if !opts.dry_run {
         let t = Instant::now();
         progress(&format!("writing plan {:?} ({n} rows)", opts.name));
-        let batch = plan_batch(
-            &opts.name,
-            &rows.ids,
-            &weights,
-            &visual.labels,
-            &semantic.labels,
-        )?;
+        let batch = plan_batch(&opts.name, ids, weights, &visual.labels, &semantic.labels)?;
         version = Some(g.write_plan(&opts.name, vec![batch], opts.replace).await?);
         timings.push(("write", t.elapsed().as_secs_f64()));
     }
@@ -315,8 +317,8 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         name: opts.name.clone(),
         tau: opts.tau,
         samples: n,
-        skipped_nan: rows.skipped_nan,
-        skipped_missing: rows.skipped_missing,
+        skipped_nan,
+        skipped_missing,
         excluded_by_curation,
         visual_source,
         visual: visual_report,
@@ -326,7 +328,7 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         ipf_converged: fit.converged,
         ipf_max_error: fit.max_error,
         capped: fit.capped,
-        max_weight: weights.iter().copied().fold(0.0, f64::max),
+        max_weight,
         timings,
         version,
     })
@@ -345,11 +347,13 @@ fn count_of(batches: &[RecordBatch]) -> i64 {
 
 /// The selected rows: ids, a dense feature matrix, and captions as interned
 /// token ids (CSR), with one short caption per row for the report.
+/// The selected rows, held compactly: ids in one Arrow string buffer, the
+/// feature matrix, and caption tokens as interned ids (captions themselves
+/// are not kept; the report's examples are fetched again by id).
 struct Rows {
-    ids: Vec<String>,
+    ids: StringBuilder,
     dim: usize,
     features: Vec<f32>,
-    captions: Vec<String>,
     tokens: Vec<u32>,
     offsets: Vec<usize>,
     interned: HashMap<String, u32>,
@@ -363,10 +367,14 @@ impl Rows {
     }
 
     /// (term, document frequency) of every interned token.
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
     fn vocab_df(&self) -> Vec<(String, usize)> {
         let mut df = vec![0usize; self.interned.len()];
         let mut seen = vec![usize::MAX; self.interned.len()];
-        for i in 0..self.ids.len() {
+        for i in 0..self.len() {
             for &t in self.doc(i) {
                 if seen[t as usize] != i {
                     seen[t as usize] = i;
@@ -393,10 +401,9 @@ impl Rows {
 async fn read_rows(session: &Session, query: &str, styles: &[String]) -> Result<Rows> {
     let mut stream = session.stream(query).await?;
     let mut rows = Rows {
-        ids: Vec::new(),
+        ids: StringBuilder::new(),
         dim: 0,
         features: Vec::new(),
-        captions: Vec::new(),
         tokens: Vec::new(),
         offsets: vec![0],
         interned: HashMap::new(),
@@ -434,10 +441,9 @@ async fn read_rows(session: &Session, query: &str, styles: &[String]) -> Result<
                 rows.skipped_nan += 1;
                 continue;
             }
-            rows.ids.push(ids.value(i).to_string());
+            rows.ids.append_value(ids.value(i));
             rows.features.extend_from_slice(f);
-            let (text, short) = caption_text(captions, i, styles);
-            rows.captions.push(short);
+            let (text, _) = caption_text(captions, i, styles);
             for tok in tfidf::tokenize(&text) {
                 let next = rows.interned.len() as u32;
                 let id = *rows.interned.entry(tok).or_insert(next);
@@ -487,16 +493,80 @@ fn caption_text(list: &arrow::array::ListArray, i: usize, styles: &[String]) -> 
     (all, short)
 }
 
-/// Up to three example captions per cluster (the first members).
-fn examples(labels: &[u32], k: usize, captions: &[String]) -> Vec<Vec<String>> {
-    let mut out = vec![Vec::new(); k];
-    for (i, &l) in labels.iter().enumerate() {
-        let e: &mut Vec<String> = &mut out[l as usize];
-        if e.len() < 3 && !captions[i].is_empty() && !e.contains(&captions[i]) {
-            e.push(captions[i].clone());
+/// Members of each cluster looked at for example captions.
+const EXAMPLE_CANDIDATES: usize = 8;
+
+/// Up to three distinct example captions per cluster of each axis: the
+/// short captions of the cluster's first members (among the first
+/// [`EXAMPLE_CANDIDATES`]), read again by id so that no caption is held
+/// for every row.
+async fn examples(
+    session: &Session,
+    ids: &StringArray,
+    axes: [(&[u32], usize); 2],
+    styles: &[String],
+) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
+    let members: Vec<Vec<Vec<usize>>> = axes
+        .iter()
+        .map(|&(labels, k)| {
+            let mut m = vec![Vec::new(); k];
+            for (i, &l) in labels.iter().enumerate() {
+                let c: &mut Vec<usize> = &mut m[l as usize];
+                if c.len() < EXAMPLE_CANDIDATES {
+                    c.push(i);
+                }
+            }
+            m
+        })
+        .collect();
+    let mut wanted: Vec<&str> = members
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|&i| ids.value(i))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut short: HashMap<String, String> = HashMap::new();
+    if !wanted.is_empty() {
+        let list: Vec<String> = wanted
+            .iter()
+            .map(|id| format!("'{}'", id.replace('\'', "''")))
+            .collect();
+        let q = format!(
+            "SELECT id, captions FROM samples WHERE id IN ({})",
+            list.join(", ")
+        );
+        let (_, batches) = session.sql(&q).await?;
+        for b in &batches {
+            let (Some(id), Some(caps)) = (
+                b.column(0).as_string_opt::<i32>(),
+                b.column(1).as_list_opt::<i32>(),
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                short.insert(id.value(i).to_string(), caption_text(caps, i, styles).1);
+            }
         }
     }
-    out
+    let pick = |m: &Vec<Vec<usize>>| -> Vec<Vec<String>> {
+        m.iter()
+            .map(|rows| {
+                let mut e: Vec<String> = Vec::new();
+                for &i in rows {
+                    match short.get(ids.value(i)) {
+                        Some(c) if !c.is_empty() && e.len() < 3 && !e.contains(c) => {
+                            e.push(c.clone())
+                        }
+                        _ => {}
+                    }
+                }
+                e
+            })
+            .collect()
+    };
+    Ok((pick(&members[0]), pick(&members[1])))
 }
 
 fn entropy(p: &[f64]) -> f64 {
@@ -546,8 +616,8 @@ fn axis_report(
 
 fn plan_batch(
     name: &str,
-    ids: &[String],
-    weights: &[f64],
+    ids: StringArray,
+    weights: Vec<f64>,
     visual: &[u32],
     semantic: &[u32],
 ) -> Result<RecordBatch> {
@@ -559,8 +629,8 @@ fn plan_batch(
         schema::sampling_plans(),
         vec![
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n(name, n))),
-            Arc::new(StringArray::from_iter_values(ids)),
-            Arc::new(Float64Array::from(weights.to_vec())),
+            Arc::new(ids),
+            Arc::new(Float64Array::from(weights)),
             Arc::new(Int32Array::from_iter_values(
                 visual.iter().map(|&l| l as i32),
             )),

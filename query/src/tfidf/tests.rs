@@ -195,9 +195,9 @@ fn empty_and_degenerate_inputs() {
     // fewer distinct directions than k
     let km = cluster(&vec![vec![(0u32, 1.0f32)]; 10], 4, 3, 9, 10);
     assert_eq!((km.k, km.labels.clone()), (1, vec![0; 10]));
-    let km = cluster(&[], 4, 3, 9, 10);
+    let km = cluster(&Vec::<Vec<(u32, f32)>>::new(), 4, 3, 9, 10);
     assert_eq!((km.k, km.labels.len(), km.fitted_on), (1, 0, 0));
-    let km = cluster(&[Vec::new()], 0, 0, 9, 10);
+    let km = cluster(&vec![Vec::new()], 0, 0, 9, 10);
     assert_eq!((km.k, km.empty, km.labels), (1, 1, vec![0]));
 }
 
@@ -246,6 +246,13 @@ fn deterministic_for_a_seed_and_any_thread_count() {
     let a = cluster_with_threads(&vectors, 512, 8, 42, 20, 1);
     assert_eq!(a, cluster_with_threads(&vectors, 512, 8, 42, 20, 3));
     assert_eq!(a, cluster(&vectors, 512, 8, 42, 20));
+    // The compressed-rows form clusters identically.
+    let mut csr = Csr::default();
+    for v in &vectors {
+        csr.push(v);
+    }
+    assert_eq!(csr.rows(), vectors.len());
+    assert_eq!(a, cluster(&csr, 512, 8, 42, 20));
     let p = purity(&a.labels, &truth, a.k, 8);
     assert!(p > 0.95, "purity {p}, {} iterations", a.iterations);
 }
