@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use granary_benches::{drop_caches, wait_with_rusage};
+use granary_benches::{drop_caches, peak_rss_mib, wait_with_rusage};
 use granary_storage::checkpoint::{
     Checkpoint, DType, LoadOptions, Region, SaveOptions, Saver, Shard, Target,
 };
@@ -274,19 +274,6 @@ fn child_load(root: &Path, gib: f64, kind: &str, rank: usize) -> Result<()> {
     Ok(())
 }
 
-/// This process's peak RSS in MiB (`VmHWM`). `wait4`'s `ru_maxrss` is not
-/// used: it carries over the parent's high-water mark from before `exec`,
-/// and the parent holds the read baseline's buffer.
-fn peak_rss_mib() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(kib / 1024.0)
-}
-
 /// Run `args` as child processes at once; their JSON lines, their peak RSS
 /// (MiB, as each reported it) and the wall time.
 fn children(args: Vec<Vec<String>>) -> Result<(Vec<serde_json::Value>, Vec<f64>, f64)> {
@@ -491,27 +478,14 @@ fn round(
             drop_caches();
         }
         let read_s = baseline_read(&base, Some(resident))?;
+        let load_args = child_args("--child-load", gib, &root, load_kind, n_load, None);
         if cold {
             drop_caches();
         } else {
             // The checkpoint's own files are in the cache after a first pass.
-            children(child_args(
-                "--child-load",
-                gib,
-                &root,
-                load_kind,
-                n_load,
-                None,
-            ))?;
+            children(load_args.clone())?;
         }
-        let (loads, load_rss, wall) = children(child_args(
-            "--child-load",
-            gib,
-            &root,
-            load_kind,
-            n_load,
-            None,
-        ))?;
+        let (loads, load_rss, wall) = children(load_args)?;
         let load_s = loads
             .iter()
             .map(|l| l["load_s"].as_f64().unwrap())

@@ -316,10 +316,24 @@ async fn main() -> Result<()> {
     if args.get(1).map(String::as_str) == Some("--child-plan") {
         let g = Granary::open(Path::new(&args[2])).await?;
         let t = Instant::now();
-        let r = plan::plan(&g, &plan_opts("bench"), &|_| {}).await?;
+        // Resident memory, and the peak so far, as each phase starts.
+        let marks = std::sync::Mutex::new(Vec::new());
+        let r = plan::plan(&g, &plan_opts("bench"), &|phase| {
+            let rss = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .map_or(f64::NAN, |pages| pages * 4096.0 / 1048576.0);
+            let hwm = granary_benches::peak_rss_mib().unwrap_or(f64::NAN);
+            marks
+                .lock()
+                .expect("marks")
+                .push(json!({"phase": phase, "rss_mib": rss, "peak_so_far_mib": hwm}));
+        })
+        .await?;
         println!(
             "{}",
-            json!({"seconds": t.elapsed().as_secs_f64(), "samples": r.samples,
+            json!({"seconds": t.elapsed().as_secs_f64(), "samples": r.samples, "peak_rss_mib": granary_benches::peak_rss_mib()?,
+                   "rss_at_phase_start": *marks.lock().expect("marks"),
                    "timings": r.timings.iter().map(|(k, s)| json!({"phase": k, "seconds": s})).collect::<Vec<_>>()})
         );
         return Ok(());
@@ -386,7 +400,7 @@ async fn main() -> Result<()> {
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let pid = child.id() as i32;
-        let (code, rss_kib) = wait_with_rusage(pid)?;
+        let (code, _) = wait_with_rusage(pid)?;
         let mut stdout = String::new();
         if let Some(mut s) = child.stdout {
             use std::io::Read;
@@ -398,13 +412,14 @@ async fn main() -> Result<()> {
         let r: serde_json::Value = serde_json::from_str(stdout.trim())?;
         let secs = r["seconds"].as_f64().unwrap_or(f64::NAN);
         let matrix = (plan_n * 64 * 4) as f64;
-        let rss = rss_kib as f64 * 1024.0;
+        let rss = r["peak_rss_mib"].as_f64().context("child peak RSS")? * 1048576.0;
         println!(
             "{}",
             json!({"bench": "plan", "rows": plan_n, "dim": 64, "seconds": secs,
                    "target_s": 60, "time_ok": secs < 60.0, "peak_rss_mib": rss / 1048576.0,
                    "embedding_matrix_mib": matrix / 1048576.0, "rss_over_matrix": rss / matrix,
-                   "phases": r["timings"]})
+                   "rss_beyond_matrix_mib": (rss - matrix) / 1048576.0,
+                   "phases": r["timings"], "rss_at_phase_start": r["rss_at_phase_start"]})
         );
         all_ok &= secs < 60.0;
     }

@@ -207,13 +207,18 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         excluded_by_curation = Some(count_of(&b) as usize);
         predicate = Some(format!("{base} AND keep IS NOT FALSE"));
     }
-    let query = format!(
-        "SELECT id, {visual_col} AS features, captions FROM samples{}",
-        predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default()
-    );
+    let filter = predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default();
+    // The row count first, so the matrix is allocated once at its final
+    // size (growing it by doubling would peak at 1.5-2x).
+    let (_, b) = session
+        .sql(&format!("SELECT count(*) FROM samples{filter}"))
+        .await?;
+    let expected = count_of(&b).max(0) as usize;
+    let query = format!("SELECT id, {visual_col} AS features, captions FROM samples{filter}");
     progress("reading features and captions");
-    let mut rows = read_rows(&session, &query, &opts.caption_styles).await?;
+    let mut rows = read_rows(&session, &query, &opts.caption_styles, expected).await?;
     let ids = rows.ids.finish();
+    release_free_memory();
     timings.push(("read", t.elapsed().as_secs_f64()));
     if ids.is_empty() {
         return Err(Error::Query(format!(
@@ -310,7 +315,13 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         let t = Instant::now();
         progress(&format!("writing plan {:?} ({n} rows)", opts.name));
         let batch = plan_batch(&opts.name, ids, weights, &visual.labels, &semantic.labels)?;
-        version = Some(g.write_plan(&opts.name, vec![batch], opts.replace).await?);
+        // Handed over in slices (zero-copy) so the writer's encoders work
+        // on bounded pieces rather than the whole plan at once.
+        let slices = (0..batch.num_rows())
+            .step_by(PLAN_WRITE_ROWS)
+            .map(|at| batch.slice(at, PLAN_WRITE_ROWS.min(batch.num_rows() - at)))
+            .collect();
+        version = Some(g.write_plan(&opts.name, slices, opts.replace).await?);
         timings.push(("write", t.elapsed().as_secs_f64()));
     }
     Ok(PlanReport {
@@ -332,6 +343,17 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         timings,
         version,
     })
+}
+
+/// Give memory that the scan's threads freed back to the OS: glibc keeps
+/// it in per-thread arenas otherwise, and the clustering phases would then
+/// sit on top of the scan's high-water mark.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn count_of(batches: &[RecordBatch]) -> i64 {
@@ -398,7 +420,12 @@ impl Rows {
     }
 }
 
-async fn read_rows(session: &Session, query: &str, styles: &[String]) -> Result<Rows> {
+async fn read_rows(
+    session: &Session,
+    query: &str,
+    styles: &[String],
+    expected: usize,
+) -> Result<Rows> {
     let mut stream = session.stream(query).await?;
     let mut rows = Rows {
         ids: StringBuilder::new(),
@@ -424,6 +451,25 @@ async fn read_rows(session: &Session, query: &str, styles: &[String]) -> Result<
         let dim = features.value_length() as usize;
         if !matches!(features.value_type(), DataType::Float32) {
             return Err(Error::Query("features must be float32".into()));
+        }
+        if rows.features.capacity() == 0 && batch.num_rows() > 0 {
+            // Sized from the first batch: the matrix exactly, the rest with
+            // a margin over the first batch's average.
+            let per_row = |bytes: usize| bytes.div_ceil(batch.num_rows()) * 5 / 4;
+            rows.features.reserve_exact(expected * dim);
+            let id_bytes = ids.value_data().len();
+            rows.ids = StringBuilder::with_capacity(expected, expected * per_row(id_bytes));
+            rows.offsets.reserve_exact(expected);
+        }
+        if rows.len() > 0 {
+            // Tokens grow by the expected rest (from the average so far),
+            // not by doubling.
+            let per_row = rows.tokens.len().div_ceil(rows.len()) + 1;
+            let free = rows.tokens.capacity() - rows.tokens.len();
+            if free < batch.num_rows() * per_row {
+                let rest = expected.saturating_sub(rows.len()).max(batch.num_rows());
+                rows.tokens.reserve_exact(rest * per_row * 9 / 8);
+            }
         }
         rows.dim = dim;
         let values = features.values().as_primitive::<Float32Type>();
@@ -492,6 +538,9 @@ fn caption_text(list: &arrow::array::ListArray, i: usize, styles: &[String]) -> 
     });
     (all, short)
 }
+
+/// Rows per batch handed to the plan writer.
+const PLAN_WRITE_ROWS: usize = 65_536;
 
 /// Members of each cluster looked at for example captions.
 const EXAMPLE_CANDIDATES: usize = 8;
