@@ -412,8 +412,6 @@ fn ratios(pairs: &[(f64, f64)]) -> Option<serde_json::Value> {
 
 /// One round of a scenario: each engine measurement right after its
 /// baseline on the same disk, so the pair sees the same disk weather.
-/// Returns (stall/memcpy, save/write, [(cold, load/read, rss ok)]).
-#[allow(clippy::type_complexity)]
 fn round(
     work: &Path,
     (name, save_kind, load_kind): (&str, &str, &str),

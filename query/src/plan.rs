@@ -297,13 +297,8 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
     }
     let (skipped_nan, skipped_missing) = (rows.skipped_nan, rows.skipped_missing);
     drop(rows);
-    let (examples_v, examples_s) = examples(
-        &session,
-        &ids,
-        [(&visual.labels, v), (&semantic.labels, s)],
-        &opts.caption_styles,
-    )
-    .await?;
+    let (examples_v, examples_s) =
+        examples(&session, &ids, [(&visual.labels, v), (&semantic.labels, s)]).await?;
     let visual_report = axis_report("visual", &count_v, &after_v, &target_v, &[], examples_v);
     let semantic_report = axis_report(
         "semantic", &count_s, &after_s, &target_s, &terms, examples_s,
@@ -367,8 +362,6 @@ fn count_of(batches: &[RecordBatch]) -> i64 {
         .map_or(0, |a| a.value(0))
 }
 
-/// The selected rows: ids, a dense feature matrix, and captions as interned
-/// token ids (CSR), with one short caption per row for the report.
 /// The selected rows, held compactly: ids in one Arrow string buffer, the
 /// feature matrix, and caption tokens as interned ids (captions themselves
 /// are not kept; the report's examples are fetched again by id).
@@ -388,11 +381,11 @@ impl Rows {
         &self.tokens[self.offsets[i]..self.offsets[i + 1]]
     }
 
-    /// (term, document frequency) of every interned token.
     fn len(&self) -> usize {
         self.offsets.len() - 1
     }
 
+    /// (term, document frequency) of every interned token.
     fn vocab_df(&self) -> Vec<(String, usize)> {
         let mut df = vec![0usize; self.interned.len()];
         let mut seen = vec![usize::MAX; self.interned.len()];
@@ -489,8 +482,7 @@ async fn read_rows(
             }
             rows.ids.append_value(ids.value(i));
             rows.features.extend_from_slice(f);
-            let (text, _) = caption_text(captions, i, styles);
-            for tok in tfidf::tokenize(&text) {
+            for tok in tfidf::tokenize(&caption_text(captions, i, styles)) {
                 let next = rows.interned.len() as u32;
                 let id = *rows.interned.entry(tok).or_insert(next);
                 rows.tokens.push(id);
@@ -501,42 +493,49 @@ async fn read_rows(
     Ok(rows)
 }
 
-/// All caption texts of row `i` in the chosen styles joined, and the first
-/// English short caption (or any first caption) for the report.
-fn caption_text(list: &arrow::array::ListArray, i: usize, styles: &[String]) -> (String, String) {
+/// The text, lang and style arrays of row `i`'s captions; None when the row
+/// is null or the list does not hold caption structs.
+fn caption_items(
+    list: &arrow::array::ListArray,
+    i: usize,
+) -> Option<(StringArray, StringArray, StringArray)> {
     if list.is_null(i) {
-        return (String::new(), String::new());
+        return None;
     }
     let items = list.value(i);
-    let Some(s) = items.as_struct_opt() else {
-        return (String::new(), String::new());
-    };
+    let s = items.as_struct_opt()?;
     let col = |n: &str| {
         s.column_by_name(n)
             .and_then(|c| c.as_string_opt::<i32>().cloned())
     };
-    let (Some(text), Some(lang), Some(style)) = (col("text"), col("lang"), col("style")) else {
-        return (String::new(), String::new());
+    Some((col("text")?, col("lang")?, col("style")?))
+}
+
+/// All caption texts of row `i` in the chosen styles, joined.
+fn caption_text(list: &arrow::array::ListArray, i: usize, styles: &[String]) -> String {
+    let Some((text, _, style)) = caption_items(list, i) else {
+        return String::new();
     };
     let mut all = String::new();
-    let mut short = None;
-    for j in 0..s.len() {
+    for j in 0..text.len() {
         if styles.is_empty() || styles.iter().any(|st| st == style.value(j)) {
             all.push_str(text.value(j));
             all.push('\n');
         }
-        if short.is_none() && lang.value(j) == "en" && style.value(j) == "short" {
-            short = Some(text.value(j).to_string());
-        }
     }
-    let short = short.unwrap_or_else(|| {
-        if s.is_empty() {
-            String::new()
-        } else {
-            text.value(0).to_string()
-        }
-    });
-    (all, short)
+    all
+}
+
+/// The first English short caption of row `i` (or its first caption), for
+/// the report.
+fn short_caption(list: &arrow::array::ListArray, i: usize) -> String {
+    let Some((text, lang, style)) = caption_items(list, i) else {
+        return String::new();
+    };
+    (0..text.len())
+        .find(|&j| lang.value(j) == "en" && style.value(j) == "short")
+        .or((!text.is_empty()).then_some(0))
+        .map_or_else(String::new, |j| text.value(j).to_string())
 }
 
 /// Rows per batch handed to the plan writer.
@@ -553,7 +552,6 @@ async fn examples(
     session: &Session,
     ids: &StringArray,
     axes: [(&[u32], usize); 2],
-    styles: &[String],
 ) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
     let members: Vec<Vec<Vec<usize>>> = axes
         .iter()
@@ -595,7 +593,7 @@ async fn examples(
                 continue;
             };
             for i in 0..b.num_rows() {
-                short.insert(id.value(i).to_string(), caption_text(caps, i, styles).1);
+                short.insert(id.value(i).to_string(), short_caption(caps, i));
             }
         }
     }

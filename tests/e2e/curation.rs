@@ -410,7 +410,7 @@ fn plan_writes_weights_that_flatten_the_skew_and_refuses_bad_input() {
         595
     );
     // Same seed, same plan.
-    let a = ok(&[
+    let args = [
         "plan",
         r,
         "--name",
@@ -419,17 +419,8 @@ fn plan_writes_weights_that_flatten_the_skew_and_refuses_bad_input() {
         "--json",
         "--seed",
         "3",
-    ]);
-    let b = ok(&[
-        "plan",
-        r,
-        "--name",
-        "p2",
-        "--dry-run",
-        "--json",
-        "--seed",
-        "3",
-    ]);
+    ];
+    let (a, b) = (ok(&args), ok(&args));
     let strip = |s: &str| {
         let mut v: serde_json::Value = serde_json::from_str(s.trim()).unwrap();
         v.as_object_mut().unwrap().remove("timings");

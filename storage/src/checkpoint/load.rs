@@ -37,6 +37,18 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
 }
 
+/// The error for block `b` of `c` failing its checksum, naming the tensor,
+/// the file and the byte range.
+fn checksum_mismatch(c: &ChunkMeta, b: usize) -> Error {
+    let (off, len) = c.block_span(b);
+    Error::Corrupt(format!(
+        "tensor {}: checksum mismatch in {} block {b} (bytes {off}..{})",
+        c.fqn,
+        c.file,
+        off + len
+    ))
+}
+
 /// A region of a tensor to fill, and where.
 pub struct Target<'a> {
     pub fqn: String,
@@ -422,13 +434,7 @@ impl Checkpoint {
                         let c = &self.chunks[ci];
                         let end = blocks.get(k + 1).map_or(data.len(), |x| x.2);
                         if codec::checksum(&data[at..end]) != c.checksums[b] {
-                            let (off, len) = c.block_span(b);
-                            return Err(fail(Error::Corrupt(format!(
-                                "tensor {}: checksum mismatch in {} block {b} (bytes {off}..{})",
-                                c.fqn,
-                                c.file,
-                                off + len
-                            ))));
+                            return Err(fail(checksum_mismatch(c, b)));
                         }
                         total += (end - at) as u64;
                     }
@@ -441,7 +447,7 @@ impl Checkpoint {
                 .map(|h| h.join().expect("checkpoint read worker panicked"))
                 .collect()
         });
-        // The error of the earliest group, so the message does not depend on timing.
+        // Of the groups that failed before the workers stopped, the earliest.
         let mut total = 0u64;
         let mut first: Option<(usize, Error)> = None;
         for r in results {
@@ -624,14 +630,7 @@ impl Checkpoint {
                                     [(b.off - s.off) as usize..(b.off - s.off + b.len) as usize];
                                 let sum = codec::checksum(st);
                                 if sum != c.checksums[b.block] {
-                                    Err(Error::Corrupt(format!(
-                                        "tensor {}: checksum mismatch in {} block {} (bytes {}..{})",
-                                        c.fqn,
-                                        c.file,
-                                        b.block,
-                                        b.off,
-                                        b.off + b.len
-                                    )))
+                                    Err(checksum_mismatch(c, b.block))
                                 } else {
                                     total += b.len;
                                     Ok(st)
