@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 /// Default block size: large enough that checksums and per-block overhead
 /// vanish against the copy, small enough that a resharding read of a
@@ -57,6 +57,58 @@ impl FromStr for Codec {
 /// The checksum of a stored block.
 pub fn checksum(stored: &[u8]) -> u64 {
     xxh3_64(stored)
+}
+
+/// The checksum of a stored block held in several pieces, in order: the
+/// same value as [`checksum`] of their concatenation.
+pub fn checksum_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut it = parts.into_iter();
+    let Some(first) = it.next() else {
+        return xxh3_64(&[]);
+    };
+    match it.next() {
+        None => xxh3_64(first),
+        Some(second) => {
+            let mut h = Xxh3::new();
+            h.update(first);
+            h.update(second);
+            it.for_each(|p| h.update(p));
+            h.digest()
+        }
+    }
+}
+
+/// Checksums of consecutive `block_bytes` blocks of the concatenation of
+/// `parts`, without concatenating them.
+pub fn block_checksums<'a>(
+    parts: impl IntoIterator<Item = &'a [u8]>,
+    block_bytes: u64,
+) -> Vec<u64> {
+    let bb = block_bytes.max(1) as usize;
+    let mut sums = Vec::new();
+    let mut h = Xxh3::new();
+    let mut fill = 0usize;
+    for mut p in parts {
+        while !p.is_empty() {
+            let n = (bb - fill).min(p.len());
+            if fill == 0 && n == bb {
+                sums.push(xxh3_64(&p[..n])); // a whole block in one piece
+            } else {
+                h.update(&p[..n]);
+                fill += n;
+                if fill == bb {
+                    sums.push(h.digest());
+                    h = Xxh3::new();
+                    fill = 0;
+                }
+            }
+            p = &p[n..];
+        }
+    }
+    if fill > 0 {
+        sums.push(h.digest());
+    }
+    sums
 }
 
 /// Number of blocks a chunk of `raw_len` bytes is cut into.
@@ -171,5 +223,28 @@ mod tests {
         let mut short = vec![0u8; raw.len() - 2];
         assert!(decode_block(codec, 2, &enc, &mut short).is_err());
         assert!(decode_block(Codec::Raw, 2, &raw[1..], &mut back).is_err());
+    }
+
+    #[test]
+    fn checksums_of_pieces_equal_checksums_of_the_whole() {
+        let whole: Vec<u8> = (0..10_000u32).map(|i| (i * 31 + 7) as u8).collect();
+        for cuts in [vec![], vec![1], vec![100, 101, 5000], vec![4096, 8192]] {
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for c in cuts.iter().copied().chain([whole.len()]) {
+                parts.push(&whole[at..c]);
+                at = c;
+            }
+            assert_eq!(checksum_parts(parts.iter().copied()), checksum(&whole));
+            for bb in [8u64, 1000, 4096, 20_000] {
+                let want: Vec<u64> = whole.chunks(bb as usize).map(checksum).collect();
+                assert_eq!(
+                    block_checksums(parts.iter().copied(), bb),
+                    want,
+                    "{cuts:?} {bb}"
+                );
+            }
+        }
+        assert_eq!(checksum_parts([]), checksum(&[]));
     }
 }

@@ -1,17 +1,21 @@
 //! Positioned reads and writes for chunk files, and the aligned host buffer
 //! pool the saver snapshots into.
 //!
-//! I/O goes through io_uring (one ring per thread, reused): large segments
-//! are cut into pieces and kept `QUEUE_DEPTH` deep in flight. Where the
-//! kernel refuses io_uring (old kernels, seccomp in containers) or
-//! `GRANARY_IO=pread` is set, a small thread pool issues `pwrite`/`pread`
-//! instead; that choice is logged once.
+//! Every request is one contiguous range of the file served by one or more
+//! memory segments (vectored I/O: a column slab is gathered from the rows
+//! of a snapshot on save and scattered into the rows of a target on load,
+//! with no bounce copy). I/O goes through io_uring (one ring per thread,
+//! reused; `readv`/`writev` entries): requests are cut into pieces of at
+//! most `PIECE` bytes and `MAX_IOV` segments, kept `QUEUE_DEPTH` deep in
+//! flight. Where the kernel refuses io_uring (old kernels, seccomp in
+//! containers) or `GRANARY_IO=pread` is set, a small thread pool issues
+//! `pwritev`/`preadv` instead; that choice is logged once.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -25,6 +29,8 @@ use crate::error::{Error, Result};
 /// and the usual `O_DIRECT`/GPUDirect requirement.
 pub const ALIGN: usize = 4096;
 const PIECE: usize = 4 << 20;
+/// Segments per request: Linux's `IOV_MAX`.
+const MAX_IOV: usize = 1024;
 const QUEUE_DEPTH: usize = 16;
 const FALLBACK_THREADS: usize = 4;
 
@@ -63,29 +69,88 @@ thread_local! {
     static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
 }
 
-#[derive(Clone, Copy)]
+/// One request in flight: a contiguous file range and the memory segments
+/// it fills or drains, in order.
 struct Piece {
     offset: u64,
-    ptr: *mut u8,
-    len: usize,
+    iov: Vec<libc::iovec>,
 }
 
-fn pieces<'a>(segs: impl Iterator<Item = (u64, *mut u8, usize)> + 'a) -> VecDeque<Piece> {
+impl Piece {
+    fn bytes(&self) -> usize {
+        self.iov.iter().map(|v| v.iov_len).sum()
+    }
+
+    /// The rest of this piece after `n` bytes were transferred (`n` is less
+    /// than its size).
+    fn advance(mut self, n: usize) -> Piece {
+        let mut left = n;
+        let mut skip = 0;
+        while skip < self.iov.len() && self.iov[skip].iov_len <= left {
+            left -= self.iov[skip].iov_len;
+            skip += 1;
+        }
+        self.iov.drain(..skip);
+        if let Some(v) = self.iov.first_mut() {
+            // SAFETY: left < v.iov_len, so the pointer stays inside the segment.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
+            v.iov_len -= left;
+        }
+        self.offset += n as u64;
+        self
+    }
+}
+
+/// Cut requests (file offset, memory segments) into pieces of at most
+/// `PIECE` bytes and `MAX_IOV` segments; empty segments are dropped.
+fn pieces<'a, S>(reqs: impl Iterator<Item = (u64, S)>) -> VecDeque<Piece>
+where
+    S: Iterator<Item = (*mut u8, usize)> + 'a,
+{
     let mut out = VecDeque::new();
-    for (offset, ptr, len) in segs {
-        let mut at = 0;
-        while at < len {
-            let n = PIECE.min(len - at);
-            out.push_back(Piece {
-                offset: offset + at as u64,
-                // SAFETY: `at + n <= len`, so the pointer stays inside the caller's segment.
-                ptr: unsafe { ptr.add(at) },
-                len: n,
-            });
-            at += n;
+    for (offset, segs) in reqs {
+        let mut cur = Piece {
+            offset,
+            iov: Vec::new(),
+        };
+        let mut size = 0usize;
+        for (ptr, len) in segs {
+            let mut at = 0;
+            while at < len {
+                if size == PIECE || cur.iov.len() == MAX_IOV {
+                    let next = Piece {
+                        offset: cur.offset + size as u64,
+                        iov: Vec::new(),
+                    };
+                    out.push_back(std::mem::replace(&mut cur, next));
+                    size = 0;
+                }
+                let n = (PIECE - size).min(len - at);
+                cur.iov.push(libc::iovec {
+                    // SAFETY: at + n <= len: inside the caller's segment.
+                    iov_base: unsafe { ptr.add(at) }.cast(),
+                    iov_len: n,
+                });
+                size += n;
+                at += n;
+            }
+        }
+        if !cur.iov.is_empty() {
+            out.push_back(cur);
         }
     }
     out
+}
+
+fn short_error(write: bool) -> std::io::Error {
+    if write {
+        std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0")
+    } else {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "file ends before the requested range (truncated?)",
+        )
+    }
 }
 
 /// Run `queue` on this thread's ring. Every submitted operation has
@@ -99,7 +164,7 @@ fn uring_run(file: &File, mut queue: VecDeque<Piece>, write: bool) -> std::io::R
         }
         let ring = slot.as_mut().expect("ring was just created");
         let fd = types::Fd(file.as_raw_fd());
-        let mut slots: Vec<Option<Piece>> = vec![None; QUEUE_DEPTH];
+        let mut slots: Vec<Option<Piece>> = (0..QUEUE_DEPTH).map(|_| None).collect();
         let mut inflight = 0usize;
         let mut first_err: Option<std::io::Error> = None;
         loop {
@@ -109,16 +174,18 @@ fn uring_run(file: &File, mut queue: VecDeque<Piece>, write: bool) -> std::io::R
                     .iter()
                     .position(Option::is_none)
                     .expect("a free slot below depth");
-                let len = p.len as u32;
+                let (iov, n) = (p.iov.as_ptr(), p.iov.len() as u32);
                 let sqe = if write {
-                    opcode::Write::new(fd, p.ptr, len).offset(p.offset).build()
+                    opcode::Writev::new(fd, iov, n).offset(p.offset).build()
                 } else {
-                    opcode::Read::new(fd, p.ptr, len).offset(p.offset).build()
+                    opcode::Readv::new(fd, iov, n).offset(p.offset).build()
                 }
                 .user_data(i as u64);
-                // SAFETY: the buffer behind `p.ptr` is borrowed by the caller
-                // for the whole call and this loop waits for every
-                // submitted entry to complete before returning.
+                // SAFETY: the segments behind the iovecs are borrowed by the
+                // caller for the whole call, the iovec array lives in
+                // `slots[i]` (its heap storage does not move) until the
+                // entry completes, and this loop waits for every submitted
+                // entry before returning.
                 unsafe { ring.submission().push(&sqe) }
                     .map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
                 slots[i] = Some(p);
@@ -155,23 +222,9 @@ fn uring_run(file: &File, mut queue: VecDeque<Piece>, write: bool) -> std::io::R
                         first_err.get_or_insert(e);
                     }
                 } else if res == 0 {
-                    first_err.get_or_insert(if write {
-                        std::io::Error::new(std::io::ErrorKind::WriteZero, "write returned 0")
-                    } else {
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "file ends before the requested range (truncated?)",
-                        )
-                    });
-                } else if (res as usize) < p.len {
-                    let n = res as usize;
-                    // SAFETY: n < p.len, the rest of the same segment.
-                    queue.push_front(Piece {
-                        offset: p.offset + n as u64,
-                        // SAFETY: n < p.len: the rest of the same segment.
-                        ptr: unsafe { p.ptr.add(n) },
-                        len: p.len - n,
-                    });
+                    first_err.get_or_insert(short_error(write));
+                } else if (res as usize) < p.bytes() {
+                    queue.push_front(p.advance(res as usize));
                 }
             }
         }
@@ -180,6 +233,72 @@ fn uring_run(file: &File, mut queue: VecDeque<Piece>, write: bool) -> std::io::R
             None => Ok(()),
         }
     })
+}
+
+/// The fallback: `pwritev`/`preadv` on a few threads.
+fn pool_run(file: &File, queue: VecDeque<Piece>, write: bool) -> std::io::Result<()> {
+    struct Sendable(Vec<Piece>);
+    // SAFETY: the pointers in the pieces are borrowed by the caller for the
+    // whole call and the threads are joined before it returns; pieces are
+    // disjoint, so no two threads touch the same memory.
+    unsafe impl Send for Sendable {}
+    let fd = file.as_raw_fd();
+    let all: Vec<Piece> = queue.into();
+    let per = all.len().div_ceil(FALLBACK_THREADS).max(1);
+    let mut parts: Vec<Sendable> = Vec::new();
+    let mut it = all.into_iter().peekable();
+    while it.peek().is_some() {
+        parts.push(Sendable(it.by_ref().take(per).collect()));
+    }
+    std::thread::scope(|s| {
+        let hs: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                s.spawn(move || -> std::io::Result<()> {
+                    let part = part;
+                    for mut p in part.0 {
+                        loop {
+                            let (iov, n) = (p.iov.as_ptr(), p.iov.len() as libc::c_int);
+                            // SAFETY: the iovecs describe memory the caller
+                            // lends for this call (see `Sendable`).
+                            let res = unsafe {
+                                if write {
+                                    libc::pwritev(fd, iov, n, p.offset as libc::off_t)
+                                } else {
+                                    libc::preadv(fd, iov, n, p.offset as libc::off_t)
+                                }
+                            };
+                            if res < 0 {
+                                let e = std::io::Error::last_os_error();
+                                if e.kind() == std::io::ErrorKind::Interrupted {
+                                    continue;
+                                }
+                                return Err(e);
+                            }
+                            let res = res as usize;
+                            if res == 0 {
+                                return Err(short_error(write));
+                            }
+                            if res == p.bytes() {
+                                break;
+                            }
+                            p = p.advance(res);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .try_for_each(|h| h.join().expect("pread/pwrite thread panicked"))
+    })
+}
+
+fn run(file: &File, queue: VecDeque<Piece>, write: bool) -> std::io::Result<()> {
+    match engine() {
+        Engine::IoUring => uring_run(file, queue, write),
+        Engine::Pread => pool_run(file, queue, write),
+    }
 }
 
 fn map_eof(path: &Path, e: std::io::Error) -> Error {
@@ -198,71 +317,45 @@ fn map_eof(path: &Path, e: std::io::Error) -> Error {
 
 /// Write every `(offset, bytes)` segment to `file`.
 pub fn write_at(file: &File, path: &Path, segs: &[(u64, &[u8])]) -> Result<()> {
-    match engine() {
-        Engine::IoUring => {
-            let q = pieces(
-                segs.iter()
-                    .map(|(o, b)| (*o, b.as_ptr() as *mut u8, b.len())),
-            );
-            uring_run(file, q, true).map_err(|e| Error::io(path, e))
-        }
-        Engine::Pread => {
-            let list: Vec<(u64, &[u8])> = segs
-                .iter()
-                .flat_map(|(o, b)| {
-                    b.chunks(PIECE)
-                        .enumerate()
-                        .map(move |(k, c)| (o + (k * PIECE) as u64, c))
-                })
-                .collect();
-            let per = list.len().div_ceil(FALLBACK_THREADS).max(1);
-            std::thread::scope(|s| {
-                let hs: Vec<_> = list
-                    .chunks(per)
-                    .map(|part| {
-                        s.spawn(move || part.iter().try_for_each(|(o, b)| file.write_all_at(b, *o)))
-                    })
-                    .collect();
-                hs.into_iter()
-                    .try_for_each(|h| h.join().expect("pwrite thread panicked"))
-            })
-            .map_err(|e| Error::io(path, e))
-        }
-    }
+    let q = pieces(
+        segs.iter()
+            .map(|(o, b)| (*o, std::iter::once((b.as_ptr() as *mut u8, b.len())))),
+    );
+    run(file, q, true).map_err(|e| Error::io(path, e))
+}
+
+/// Write each request's segments, one after another, to the file range
+/// starting at its offset (a gather write).
+pub fn write_at_vectored(file: &File, path: &Path, reqs: &[(u64, &[IoSlice<'_>])]) -> Result<()> {
+    let q = pieces(
+        reqs.iter()
+            .map(|(o, segs)| (*o, segs.iter().map(|s| (s.as_ptr() as *mut u8, s.len())))),
+    );
+    run(file, q, true).map_err(|e| Error::io(path, e))
 }
 
 /// Fill every `(offset, buffer)` segment from `file`; a range past the end
 /// of the file is an error that says the file looks truncated.
 pub fn read_at(file: &File, path: &Path, segs: &mut [(u64, &mut [u8])]) -> Result<()> {
-    match engine() {
-        Engine::IoUring => {
-            let q = pieces(segs.iter_mut().map(|(o, b)| (*o, b.as_mut_ptr(), b.len())));
-            uring_run(file, q, false).map_err(|e| map_eof(path, e))
-        }
-        Engine::Pread => {
-            let mut list: Vec<(u64, &mut [u8])> = Vec::new();
-            for (o, b) in segs.iter_mut() {
-                for (k, c) in b.chunks_mut(PIECE).enumerate() {
-                    list.push((*o + (k * PIECE) as u64, c));
-                }
-            }
-            let per = list.len().div_ceil(FALLBACK_THREADS).max(1);
-            std::thread::scope(|s| {
-                let hs: Vec<_> = list
-                    .chunks_mut(per)
-                    .map(|part| {
-                        s.spawn(move || {
-                            part.iter_mut()
-                                .try_for_each(|(o, b)| file.read_exact_at(b, *o))
-                        })
-                    })
-                    .collect();
-                hs.into_iter()
-                    .try_for_each(|h| h.join().expect("pread thread panicked"))
-            })
-            .map_err(|e| map_eof(path, e))
-        }
-    }
+    let q = pieces(
+        segs.iter_mut()
+            .map(|(o, b)| (*o, std::iter::once((b.as_mut_ptr(), b.len())))),
+    );
+    run(file, q, false).map_err(|e| map_eof(path, e))
+}
+
+/// Fill each request's segments, one after another, from the file range
+/// starting at its offset (a scatter read); truncation as in [`read_at`].
+pub fn read_at_vectored(
+    file: &File,
+    path: &Path,
+    reqs: &mut [(u64, Vec<IoSliceMut<'_>>)],
+) -> Result<()> {
+    let q = pieces(
+        reqs.iter_mut()
+            .map(|(o, segs)| (*o, segs.iter_mut().map(|s| (s.as_mut_ptr(), s.len())))),
+    );
+    run(file, q, false).map_err(|e| map_eof(path, e))
 }
 
 /// A zero-initialised heap buffer aligned to [`ALIGN`], with a length that
@@ -409,6 +502,55 @@ mod tests {
         let mut past = [0u8; 10];
         let err = read_at(&f, &path, &mut [(a.len() as u64 + 5995, &mut past[..])]).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn gather_writes_and_scatter_reads_on_both_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.bin");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        // 3000 segments of 700 bytes (more than IOV_MAX per request) plus one
+        // larger than a piece: every cut in `pieces` is exercised.
+        let src: Vec<u8> = (0..(3000 * 700 + (5 << 20)))
+            .map(|i: u32| (i % 251) as u8)
+            .collect();
+        let mut parts: Vec<&[u8]> = src[..3000 * 700].chunks(700).collect();
+        parts.push(&src[3000 * 700..]);
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        for engine in [uring_run, pool_run] {
+            let q = pieces(std::iter::once((
+                10u64,
+                slices.iter().map(|s| (s.as_ptr() as *mut u8, s.len())),
+            )));
+            assert!(
+                q.iter()
+                    .all(|p| p.iov.len() <= MAX_IOV && p.bytes() <= PIECE)
+            );
+            engine(&f, q, true).unwrap();
+            let mut back = vec![0u8; src.len()];
+            let mut holes: Vec<IoSliceMut<'_>> =
+                back.chunks_mut(333).map(IoSliceMut::new).collect();
+            let q = pieces(std::iter::once((
+                10u64,
+                holes.iter_mut().map(|s| (s.as_mut_ptr(), s.len())),
+            )));
+            engine(&f, q, false).unwrap();
+            assert!(back == src);
+            // Past the end: the short read is an EOF error, not a hang.
+            let mut tail = [0u8; 100];
+            let q = pieces(std::iter::once((
+                10 + src.len() as u64 - 50,
+                std::iter::once((tail.as_mut_ptr(), tail.len())),
+            )));
+            let err = engine(&f, q, false).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        }
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! A target is any region of a tensor (a box, or a flat range over the
 //! row-major order) with a caller-provided buffer. The planner maps it onto
 //! the stored chunks from metadata alone; only the blocks holding needed
-//! elements are read, in file order, coalesced into large reads, batch by
-//! batch (so memory stays at the targets plus a few read batches), on a
-//! reader thread while the calling thread verifies every block's checksum
-//! and copies (casting dtypes when asked) into the targets.
+//! elements are read, in file order, coalesced into large reads. Raw blocks
+//! that need no cast are read straight into the targets by parallel
+//! workers, each block scattered over the target rows it fills (a column
+//! slab lands in a column shard with no bounce copy) and verified in place.
+//! Compressed blocks and casts go batch by batch (so memory stays at the
+//! targets plus a few read batches) through a reader thread while the
+//! calling thread verifies, decodes and copies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -18,7 +21,7 @@ use super::dtype::{self, DType};
 use super::io;
 use super::layout::Region;
 use super::meta::ChunkMeta;
-use super::plan::plan_region;
+use super::plan::{check_disjoint, plan_region};
 use super::store::{CkptRoot, CommittedStep};
 use crate::error::{Error, Result};
 
@@ -113,14 +116,65 @@ pub struct Checkpoint {
     by_fqn: BTreeMap<String, Vec<usize>>,
 }
 
+/// A strided copy out of one block: `rows` runs of `elems` elements; run
+/// `r` starts at byte `src + r * src_stride` of the block's raw bytes and
+/// lands at element `dst + r * dst_stride` of the target buffer.
+#[derive(Clone, Copy)]
 struct Copy {
     target: usize,
-    /// Byte offset inside the block's raw bytes.
     src: usize,
-    /// Element offset in the target buffer.
     dst: u64,
     elems: u64,
+    rows: u64,
+    src_stride: usize,
+    dst_stride: u64,
 }
+
+impl Copy {
+    /// (byte in the block, element in the target) of each run.
+    fn runs(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (0..self.rows).map(|r| {
+            (
+                self.src + r as usize * self.src_stride,
+                self.dst + r * self.dst_stride,
+            )
+        })
+    }
+
+    /// Take the run at (`src`, `dst`) of the same length as the next row.
+    fn extend(&mut self, target: usize, src: usize, dst: u64, elems: u64) -> bool {
+        if self.target != target || self.elems != elems {
+            return false;
+        }
+        if self.rows == 1 {
+            if src <= self.src || dst <= self.dst {
+                return false;
+            }
+            self.src_stride = src - self.src;
+            self.dst_stride = dst - self.dst;
+        } else if src != self.src + self.rows as usize * self.src_stride
+            || dst != self.dst + self.rows * self.dst_stride
+        {
+            return false;
+        }
+        self.rows += 1;
+        true
+    }
+}
+
+/// A target buffer as raw parts, for read workers that fill disjoint
+/// ranges of it at once.
+#[derive(Clone, Copy)]
+struct RawBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: workers only touch disjoint byte ranges of a buffer the caller
+// lends exclusively for the whole load (see `read_scatter`).
+unsafe impl Send for RawBuf {}
+// SAFETY: as above.
+unsafe impl Sync for RawBuf {}
 
 #[derive(Clone, Copy)]
 struct BlockRef {
@@ -159,6 +213,9 @@ impl Checkpoint {
                     "tensor {fqn}: chunks disagree on dtype or shape"
                 )));
             }
+            let regions: Vec<Region> = idx.iter().map(|&i| chunks[i].region.clone()).collect();
+            check_disjoint(&first.global_shape, &regions)
+                .map_err(|e| Error::Corrupt(format!("tensor {fqn}: {e}")))?;
         }
         Ok(Checkpoint {
             root,
@@ -241,42 +298,75 @@ impl Checkpoint {
             for op in ops {
                 let ci = idx[op.chunk];
                 let c = &self.chunks[ci];
-                let (mut at, end) = (op.src * es, (op.src + op.len) * es);
-                while at < end {
+                // Runs that stay inside one block join a strided copy of that
+                // block; a run crossing a block boundary is cut in pieces.
+                let mut cur: Option<(usize, Copy)> = None;
+                for (src, dst, len) in op.runs() {
+                    let (mut at, end) = (src * es, (src + len) * es);
                     let b = (at / c.block_bytes) as usize;
                     let (b_start, b_len) = c.block_raw(b);
-                    let stop = end.min(b_start + b_len);
-                    copies.entry((ci, b)).or_default().push(Copy {
-                        target: ti,
-                        src: (at - b_start) as usize,
-                        dst: op.dst + (at / es - op.src),
-                        elems: (stop - at) / es,
-                    });
-                    at = stop;
+                    if end <= b_start + b_len {
+                        let s = (at - b_start) as usize;
+                        if let Some((cb, cp)) = &mut cur
+                            && *cb == b
+                            && cp.extend(ti, s, dst, len)
+                        {
+                            continue;
+                        }
+                        if let Some((cb, cp)) = cur.take() {
+                            copies.entry((ci, cb)).or_default().push(cp);
+                        }
+                        cur = Some((
+                            b,
+                            Copy {
+                                target: ti,
+                                src: s,
+                                dst,
+                                elems: len,
+                                rows: 1,
+                                src_stride: 0,
+                                dst_stride: 0,
+                            },
+                        ));
+                        continue;
+                    }
+                    while at < end {
+                        let b = (at / c.block_bytes) as usize;
+                        let (b_start, b_len) = c.block_raw(b);
+                        let stop = end.min(b_start + b_len);
+                        copies.entry((ci, b)).or_default().push(Copy {
+                            target: ti,
+                            src: (at - b_start) as usize,
+                            dst: dst + (at / es - src),
+                            elems: (stop - at) / es,
+                            rows: 1,
+                            src_stride: 0,
+                            dst_stride: 0,
+                        });
+                        at = stop;
+                    }
+                }
+                if let Some((cb, cp)) = cur.take() {
+                    copies.entry((ci, cb)).or_default().push(cp);
                 }
             }
         }
-        // Whole raw blocks that land unchanged in one target are read straight
-        // into it and verified in place: one pass less over memory.
-        let mut direct: Vec<(usize, usize, usize, usize)> = Vec::new(); // (target, dst byte, chunk, block)
-        copies.retain(|&(ci, b), cps| {
+        // Raw blocks whose elements land without a cast are read straight
+        // into the targets (scattered across their rows, the rest of the
+        // block into scratch) and verified in place by parallel workers;
+        // the others (casts, compressed blocks) are decoded and copied.
+        let mut scatter: Vec<(usize, usize, Vec<Copy>)> = Vec::new();
+        let mut staged: HashMap<(usize, usize), Vec<Copy>> = HashMap::new();
+        for ((ci, b), cps) in copies {
             let c = &self.chunks[ci];
-            let whole = match cps.as_slice() {
-                [cp] => {
-                    cp.src == 0
-                        && cp.elems * c.dtype.size() as u64 == c.block_raw(b).1
-                        && targets[cp.target].dtype == c.dtype
-                }
-                _ => false,
-            };
-            if whole && c.codec == Codec::Raw {
-                let cp = &cps[0];
-                direct.push((cp.target, cp.dst as usize * c.dtype.size(), ci, b));
+            if c.codec == Codec::Raw && cps.iter().all(|cp| targets[cp.target].dtype == c.dtype) {
+                scatter.push((ci, b, cps));
+            } else {
+                staged.insert((ci, b), cps);
             }
-            !(whole && c.codec == Codec::Raw)
-        });
-        let (direct_bytes, direct_requests) = self.read_direct(targets, direct)?;
-        let mut wanted: Vec<(usize, usize)> = copies.keys().copied().collect();
+        }
+        let (direct_bytes, direct_requests) = self.read_scatter(targets, scatter)?;
+        let mut wanted: Vec<(usize, usize)> = staged.keys().copied().collect();
         wanted.sort_unstable();
         let mut raw = Vec::new();
         let (bytes, requests) = self.stream_blocks(&wanted, |ci, b, stored| {
@@ -298,12 +388,19 @@ impl Checkpoint {
                     &raw
                 }
             };
-            for cp in &copies[&(ci, b)] {
+            for cp in &staged[&(ci, b)] {
                 let t = &mut targets[cp.target];
                 let (ss, ts) = (c.dtype.size(), t.dtype.size());
-                let src = &block[cp.src..cp.src + cp.elems as usize * ss];
-                let dst = &mut t.buf[cp.dst as usize * ts..(cp.dst + cp.elems) as usize * ts];
-                dtype::cast(c.dtype, src, t.dtype, dst);
+                let n = cp.elems as usize;
+                for (s, d) in cp.runs() {
+                    let d = d as usize;
+                    dtype::cast(
+                        c.dtype,
+                        &block[s..s + n * ss],
+                        t.dtype,
+                        &mut t.buf[d * ts..(d + n) * ts],
+                    );
+                }
             }
             Ok(())
         })?;
@@ -313,131 +410,205 @@ impl Checkpoint {
         Ok(report)
     }
 
-    /// Read whole raw blocks straight into target buffers, coalescing
-    /// neighbours (adjacent in the file and in the target) into one request.
-    /// Worker threads each take a group of requests in file order, read it
-    /// and verify its checksums in place while the bytes are still in cache.
-    fn read_direct(
+    /// Read raw blocks straight into the targets. A block is one contiguous
+    /// file range scattered over the target runs it fills (bytes no target
+    /// wants go to scratch and are checksummed with the rest); neighbouring
+    /// blocks of a file join one request. Worker threads each take a group
+    /// of blocks in file order, read it, and verify every block in place
+    /// while the bytes are still in cache.
+    fn read_scatter(
         &self,
         targets: &mut [Target<'_>],
-        mut direct: Vec<(usize, usize, usize, usize)>,
+        mut blocks: Vec<(usize, usize, Vec<Copy>)>,
     ) -> Result<(u64, usize)> {
-        if direct.is_empty() {
+        if blocks.is_empty() {
             return Ok((0, 0));
         }
-        direct.sort_unstable();
-        // (chunk file, file offset, destination, [(chunk, block, offset in destination)])
-        type Seg<'b> = (&'b str, u64, &'b mut [u8], Vec<(usize, usize, usize)>);
-        // (destination offset, length, chunk file, file offset, [(chunk, block, offset in destination)])
-        type Planned<'b> = (usize, usize, &'b str, u64, Vec<(usize, usize, usize)>);
-        let mut segs: Vec<Seg<'_>> = Vec::new();
-        let mut by_target: BTreeMap<usize, Vec<(usize, usize, usize)>> = BTreeMap::new();
-        for (t, dst, ci, b) in direct {
-            by_target.entry(t).or_default().push((dst, ci, b));
-        }
-        for (ti, t) in targets.iter_mut().enumerate() {
-            let Some(list) = by_target.remove(&ti) else {
-                continue;
-            };
-            // Plan first: (dst, len, file, file offset, blocks) with neighbours merged…
-            let mut plan: Vec<Planned<'_>> = Vec::new();
-            for (dst, ci, b) in list {
-                let c = &self.chunks[ci];
-                let (off, len) = c.block_span(b);
-                let len = len as usize;
-                match plan.last_mut() {
-                    Some((d0, l0, f, o, blocks))
-                        if *f == c.file.as_str()
-                            && *o + *l0 as u64 == off
-                            && *d0 + *l0 == dst
-                            && *l0 + len <= GROUP_BYTES as usize =>
-                    {
-                        blocks.push((ci, b, *l0));
-                        *l0 += len;
-                    }
-                    _ => plan.push((dst, len, c.file.as_str(), off, vec![(ci, b, 0)])),
-                }
-            }
-            // …then carve the target buffer into those disjoint pieces.
-            let mut rest: &mut [u8] = t.buf;
-            let mut consumed = 0usize;
-            for (dst, len, f, off, blocks) in plan {
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(dst - consumed);
-                let (piece, tail) = tail.split_at_mut(len);
-                rest = tail;
-                consumed = dst + len;
-                segs.push((f, off, piece, blocks));
-            }
-        }
-        segs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let requests = segs.len();
-        // Groups of neighbouring segments, taken in file order by workers
-        // that each read a group and verify it while it is still in cache.
-        let mut groups: Vec<Vec<Seg<'_>>> = Vec::new();
-        let mut size = 0usize;
-        for s in segs {
-            if groups.is_empty() || size + s.2.len() > GROUP_BYTES as usize {
+        // SAFETY (for the raw writes below): the targets are borrowed
+        // exclusively for this call; the plan sends each target element to
+        // exactly one run of one block (stored chunks are disjoint, checked
+        // by `open`, and a target's runs are disjoint), each block belongs
+        // to one group, and each group to one worker. So no two threads
+        // touch the same byte, and every copy is bounds-checked first.
+        let bufs: Vec<(RawBuf, usize)> = targets
+            .iter_mut()
+            .map(|t| {
+                (
+                    RawBuf {
+                        ptr: t.buf.as_mut_ptr(),
+                        len: t.buf.len(),
+                    },
+                    t.dtype.size(),
+                )
+            })
+            .collect();
+        blocks.sort_by(|a, b| {
+            let (ca, cb) = (&self.chunks[a.0], &self.chunks[b.0]);
+            (ca.file.as_str(), ca.block_span(a.1).0).cmp(&(cb.file.as_str(), cb.block_span(b.1).0))
+        });
+        // Groups of neighbouring blocks of one file.
+        let mut groups: Vec<Vec<(usize, usize, Vec<Copy>)>> = Vec::new();
+        let mut size = 0u64;
+        for blk in blocks {
+            let c = &self.chunks[blk.0];
+            let len = c.block_span(blk.1).1;
+            let same_file = groups
+                .last()
+                .and_then(|g| g.last())
+                .is_some_and(|l| self.chunks[l.0].file == c.file);
+            if !same_file || size + len > GROUP_BYTES {
                 groups.push(Vec::new());
                 size = 0;
             }
-            size += s.2.len();
-            groups.last_mut().expect("just pushed").push(s);
+            size += len;
+            groups.last_mut().expect("just pushed").push(blk);
         }
         let queue = std::sync::Mutex::new(groups.into_iter().enumerate());
         let failed = std::sync::atomic::AtomicBool::new(false);
+        let requests = std::sync::atomic::AtomicUsize::new(0);
+        let bufs = &bufs;
         let worker = || -> std::result::Result<u64, (usize, Error)> {
             let mut open: HashMap<&str, File> = HashMap::new();
+            let mut scratch: Vec<u8> = Vec::new();
+            let mut runs: Vec<(usize, usize, *mut u8)> = Vec::new();
             let mut total = 0u64;
             loop {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     return Ok(total);
                 }
-                let Some((g, mut group)) = queue.lock().expect("queue lock").next() else {
+                let Some((g, group)) = queue.lock().expect("queue lock").next() else {
                     return Ok(total);
                 };
                 let fail = |e: Error| {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     (g, e)
                 };
-                // One request list per file, in order.
-                let mut at = 0;
-                while at < group.len() {
-                    let f = group[at].0;
-                    let end = at + group[at..].iter().take_while(|s| s.0 == f).count();
-                    let path = self.root.resolve(f);
-                    let first_chunk = group[at].3[0].0;
-                    let fqn = || self.chunks[first_chunk].fqn.clone();
-                    let file = match open.get(f) {
-                        Some(file) => file,
-                        None => match File::open(&path) {
-                            Ok(file) => open.entry(f).or_insert(file),
-                            Err(e) => {
-                                return Err(fail(Error::Corrupt(format!(
-                                    "tensor {}: {}: {e}",
-                                    fqn(),
-                                    path.display()
-                                ))));
-                            }
-                        },
-                    };
-                    let mut reqs: Vec<(u64, &mut [u8])> = group[at..end]
-                        .iter_mut()
-                        .map(|s| (s.1, &mut s.2[..]))
-                        .collect();
-                    if let Err(e) = io::read_at(file, &path, &mut reqs) {
-                        return Err(fail(Error::Corrupt(format!("tensor {}: {e}", fqn()))));
-                    }
-                    at = end;
-                }
-                for (_, _, data, blocks) in &group {
-                    for (k, &(ci, b, at)) in blocks.iter().enumerate() {
-                        let c = &self.chunks[ci];
-                        let end = blocks.get(k + 1).map_or(data.len(), |x| x.2);
-                        if codec::checksum(&data[at..end]) != c.checksums[b] {
-                            return Err(fail(checksum_mismatch(c, b)));
+                let c0 = &self.chunks[group[0].0];
+                let path = self.root.resolve(&c0.file);
+                let file = match open.entry(c0.file.as_str()) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => match File::open(&path) {
+                        Ok(f) => v.insert(f),
+                        Err(e) => {
+                            return Err(fail(Error::Corrupt(format!(
+                                "tensor {}: {}: {e}",
+                                c0.fqn,
+                                path.display()
+                            ))));
                         }
-                        total += (end - at) as u64;
+                    },
+                };
+                // Each block as segments in block order: (bytes, target
+                // pointer, or None for scratch).
+                let mut layout: Vec<Vec<(usize, Option<*mut u8>)>> =
+                    Vec::with_capacity(group.len());
+                let mut gap_bytes = 0usize;
+                for (ci, b, cps) in &group {
+                    let c = &self.chunks[*ci];
+                    let es = c.dtype.size();
+                    let block_len = c.block_raw(*b).1 as usize;
+                    let bad = || {
+                        fail(Error::Internal(format!(
+                            "tensor {}: planned copies of block {b} overlap or leave their buffers",
+                            c.fqn
+                        )))
+                    };
+                    runs.clear();
+                    for cp in cps {
+                        let (buf, ts) = bufs[cp.target];
+                        let n = cp.elems as usize * es;
+                        for (s, d) in cp.runs() {
+                            let at = d as usize * ts;
+                            if s + n > block_len || at + n > buf.len {
+                                return Err(bad());
+                            }
+                            // SAFETY: at + n <= buf.len: inside the target buffer.
+                            runs.push((s, n, unsafe { buf.ptr.add(at) }));
+                        }
                     }
+                    runs.sort_unstable_by_key(|r| r.0);
+                    let mut segs = Vec::with_capacity(2 * runs.len() + 1);
+                    let mut pos = 0usize;
+                    for &(s, n, p) in &runs {
+                        if s < pos {
+                            return Err(bad());
+                        }
+                        if s > pos {
+                            segs.push((s - pos, None));
+                            gap_bytes += s - pos;
+                        }
+                        segs.push((n, Some(p)));
+                        pos = s + n;
+                    }
+                    if pos < block_len {
+                        segs.push((block_len - pos, None));
+                        gap_bytes += block_len - pos;
+                    }
+                    layout.push(segs);
+                }
+                scratch.resize(gap_bytes, 0);
+                let mut gap_at = 0usize;
+                let layout: Vec<Vec<(*mut u8, usize)>> = layout
+                    .into_iter()
+                    .map(|segs| {
+                        segs.into_iter()
+                            .map(|(n, p)| match p {
+                                Some(p) => (p, n),
+                                None => {
+                                    // SAFETY: the gaps add up to scratch.len().
+                                    let q = unsafe { scratch.as_mut_ptr().add(gap_at) };
+                                    gap_at += n;
+                                    (q, n)
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                // One request per run of neighbouring blocks.
+                let mut reqs: Vec<(u64, Vec<std::io::IoSliceMut<'_>>)> = Vec::new();
+                let mut req_block: Vec<usize> = Vec::new();
+                let mut end = u64::MAX;
+                for (k, ((ci, b, _), segs)) in group.iter().zip(&layout).enumerate() {
+                    let (off, len) = self.chunks[*ci].block_span(*b);
+                    let slices = segs.iter().map(|&(p, n)| {
+                        // SAFETY: a disjoint range of a target or of scratch
+                        // (see the SAFETY note at the top), valid for `n` bytes.
+                        std::io::IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) })
+                    });
+                    match reqs.last_mut() {
+                        Some(r) if off == end => r.1.extend(slices),
+                        _ => {
+                            reqs.push((off, slices.collect()));
+                            req_block.push(k);
+                        }
+                    }
+                    end = off + len;
+                }
+                requests.fetch_add(reqs.len(), std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = io::read_at_vectored(file, &path, &mut reqs) {
+                    // Retry one request at a time to name the tensor whose bytes are missing.
+                    let mut culprit = req_block[0];
+                    for (r, &k) in reqs.chunks_mut(1).zip(&req_block) {
+                        if io::read_at_vectored(file, &path, r).is_err() {
+                            culprit = k;
+                            break;
+                        }
+                    }
+                    let fqn = &self.chunks[group[culprit].0].fqn;
+                    return Err(fail(Error::Corrupt(format!("tensor {fqn}: {e}"))));
+                }
+                drop(reqs);
+                for ((ci, b, _), segs) in group.iter().zip(&layout) {
+                    let c = &self.chunks[*ci];
+                    let sum = codec::checksum_parts(segs.iter().map(|&(p, n)| {
+                        // SAFETY: the reads into these ranges have completed
+                        // and the mutable slices over them are gone.
+                        unsafe { std::slice::from_raw_parts(p.cast_const(), n) }
+                    }));
+                    if sum != c.checksums[*b] {
+                        return Err(fail(checksum_mismatch(c, *b)));
+                    }
+                    total += c.block_raw(*b).1;
                 }
             }
         };
@@ -462,7 +633,7 @@ impl Checkpoint {
         }
         match first {
             Some((_, e)) => Err(e),
-            None => Ok((total, requests)),
+            None => Ok((total, requests.into_inner())),
         }
     }
 

@@ -117,6 +117,13 @@ pub struct ChunkMeta {
 impl ChunkMeta {
     /// Stored byte range of block `i`, relative to the file: (offset, len).
     pub fn block_span(&self, i: usize) -> (u64, u64) {
+        if self.codec == Codec::Raw {
+            // Raw blocks are stored at their raw size (checked by `validate`).
+            return (
+                self.byte_offset + i as u64 * self.block_bytes,
+                self.block_lens[i],
+            );
+        }
         let off: u64 = self.block_lens[..i].iter().sum();
         (self.byte_offset + off, self.block_lens[i])
     }

@@ -110,8 +110,10 @@ fn check(shape: &[u64], from: &Layout, to: &Layout) -> Result<(), TestCaseError>
             plan_region(shape, &stored, &target).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut out = vec![u64::MAX; target.numel() as usize];
         for c in &copies {
-            let (s, d, n) = (c.src as usize, c.dst as usize, c.len as usize);
-            out[d..d + n].copy_from_slice(&buffers[c.chunk][s..s + n]);
+            for (s, d, n) in c.runs() {
+                let (s, d, n) = (s as usize, d as usize, n as usize);
+                out[d..d + n].copy_from_slice(&buffers[c.chunk][s..s + n]);
+            }
         }
         prop_assert_eq!(&out, &slice(shape, &target), "target {:?}", target);
     }
@@ -161,24 +163,36 @@ fn row_shards_read_in_one_copy_each() {
     let copies = plan_region(&shape, &stored, &Region::full(&shape)).unwrap();
     assert_eq!(
         copies,
+        vec![ReadOp::run(0, 0, 0, 20), ReadOp::run(1, 0, 20, 20)]
+    );
+    // A column shard is one run per row, and its plan one strided op per
+    // stored chunk, whatever the height.
+    let col = boxed(&shape, &[(1, 1, 2)]);
+    assert_eq!(col.runs(&shape).len(), 8);
+    let copies = plan_region(&shape, &stored, &col).unwrap();
+    assert_eq!(
+        copies,
         vec![
             ReadOp {
                 chunk: 0,
-                src: 0,
+                src: 1,
                 dst: 0,
-                len: 20
+                len: 2,
+                rows: 4,
+                src_stride: 5,
+                dst_stride: 2
             },
             ReadOp {
                 chunk: 1,
-                src: 0,
-                dst: 20,
-                len: 20
+                src: 1,
+                dst: 8,
+                len: 2,
+                rows: 4,
+                src_stride: 5,
+                dst_stride: 2
             },
         ]
     );
-    // A column shard is one run per row.
-    let col = boxed(&shape, &[(1, 1, 2)]);
-    assert_eq!(col.runs(&shape).len(), 8);
 }
 
 #[test]
@@ -205,4 +219,32 @@ fn gaps_and_bad_regions_are_errors() {
         plan_region(&shape, &[overflow], &half),
         Err(PlanError::BadRegion(_))
     ));
+}
+
+#[test]
+fn overlapping_stored_chunks_are_found() {
+    let shape = [6u64, 4];
+    let b = |r0, rl, c0, cl| Region::Box {
+        offsets: vec![r0, c0],
+        lengths: vec![rl, cl],
+    };
+    let f = |start, len| Region::Flat { start, len };
+    // Disjoint: column slabs of two row shards, flat tails, an empty box.
+    let ok = [
+        b(0, 3, 0, 2),
+        b(0, 3, 2, 2),
+        b(3, 2, 0, 4),
+        f(20, 4),
+        b(0, 0, 0, 4),
+    ];
+    check_disjoint(&shape, &ok).unwrap();
+    let err = check_disjoint(&shape, &[b(0, 3, 0, 3), b(2, 2, 2, 2)]).unwrap_err();
+    assert!(err.contains("chunks 0 and 1 overlap"), "{err}");
+    // A flat range reaching into a box's second row (element 7 = row 1, column 3).
+    let err = check_disjoint(&shape, &[b(0, 2, 2, 2), f(5, 3)]).unwrap_err();
+    assert!(err.contains("overlap"), "{err}");
+    // ... but passing between its rows is fine (elements 4 and 5 are columns 0, 1).
+    check_disjoint(&shape, &[b(0, 2, 2, 2), f(4, 2)]).unwrap();
+    let err = check_disjoint(&shape, &[f(0, 10), f(9, 2)]).unwrap_err();
+    assert!(err.contains("overlap"), "{err}");
 }
