@@ -16,6 +16,7 @@
 //!    then marks the staging directory COMMITTED (or FAILED, with the reason).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,6 +106,14 @@ pub struct SaveOptions {
     pub framework: String,
     /// How long a rank waits for the others before giving up.
     pub timeout: Duration,
+    /// Store a wide box shard (2-D or more) as column slabs: the largest
+    /// divisor `k` of this number whose slabs keep rows of at least
+    /// `slab_min_row_bytes`, cut at `cols * j / k` like an even split. A
+    /// later load sharded along the last dimension (tensor parallelism)
+    /// then reads about the bytes it owns instead of whole rows, and, for
+    /// degrees dividing `k`, exactly those. 0 or 1: one chunk per shard.
+    pub column_slabs: u32,
+    pub slab_min_row_bytes: u64,
 }
 
 impl Default for SaveOptions {
@@ -114,6 +123,8 @@ impl Default for SaveOptions {
             block_bytes: DEFAULT_BLOCK_BYTES,
             framework: "granary".into(),
             timeout: Duration::from_secs(600),
+            column_slabs: 12,
+            slab_min_row_bytes: 512,
         }
     }
 }
@@ -588,6 +599,90 @@ impl Job {
     }
 }
 
+/// One chunk to write: a whole shard, or one column slab of it. Its raw
+/// bytes are `rows` segments of `seg` bytes in the snapshot buffer, the
+/// first at `base`, the others `stride` apart.
+struct Part {
+    spec: usize,
+    region: Region,
+    base: usize,
+    seg: usize,
+    stride: usize,
+    rows: usize,
+    block_bytes: u64,
+}
+
+impl Part {
+    fn segs<'b>(&self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + use<'b, '_> {
+        (0..self.rows).map(move |r| &buf[self.base + r * self.stride..][..self.seg])
+    }
+
+    fn raw_len(&self) -> usize {
+        self.seg * self.rows
+    }
+}
+
+/// The chunks shard `i` (snapshotted at `offset`) is stored as.
+fn parts(i: usize, spec: &ShardSpec, offset: usize, opts: &SaveOptions) -> Vec<Part> {
+    let region = Region::from(&spec.region);
+    let es = spec.dtype.size() as u64;
+    let raw = region.numel() * es;
+    if let Region::Box { offsets, lengths } = &region
+        && lengths.len() >= 2
+        && opts.column_slabs > 1
+        && raw >= opts.block_bytes
+    {
+        let last = lengths.len() - 1;
+        let cols = lengths[last];
+        let row_bytes = cols * es;
+        let k = (2..=opts.column_slabs as u64)
+            .rev()
+            .filter(|k| (opts.column_slabs as u64).is_multiple_of(*k))
+            .find(|&k| cols >= k && row_bytes / k >= opts.slab_min_row_bytes.max(1));
+        if let Some(k) = k {
+            let rows: u64 = lengths[..last].iter().product();
+            return (0..k)
+                .map(|j| {
+                    let (a, b) = (cols * j / k, cols * (j + 1) / k);
+                    let seg = (b - a) * es;
+                    // Blocks of whole slab rows (a multiple of 8 of them),
+                    // about an eighth of the usual block: a row reshard
+                    // then reads little past its own rows.
+                    let per_block = (opts.block_bytes / 8 / seg / 8 * 8).max(8);
+                    let (mut o, mut l) = (offsets.clone(), lengths.clone());
+                    o[last] += a;
+                    l[last] = b - a;
+                    Part {
+                        spec: i,
+                        region: Region::Box {
+                            offsets: o,
+                            lengths: l,
+                        },
+                        base: offset + (a * es) as usize,
+                        seg: seg as usize,
+                        stride: row_bytes as usize,
+                        rows: rows as usize,
+                        block_bytes: per_block * seg,
+                    }
+                })
+                .collect();
+        }
+    }
+    vec![Part {
+        spec: i,
+        region,
+        base: offset,
+        seg: raw as usize,
+        stride: 0,
+        rows: 1,
+        block_bytes: opts.block_bytes,
+    }]
+}
+
+/// Bytes of raw chunk data handed to one gather write: bounds the segment
+/// lists of column slabs (one entry per slab row).
+const WRITE_BATCH: usize = 64 << 20;
+
 /// Encode and write the assigned shards to one file; returns their rows.
 #[allow(clippy::too_many_arguments)]
 fn write_chunks(
@@ -608,25 +703,28 @@ fn write_chunks(
         .truncate(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    let bb = opts.block_bytes;
-    let raw_of = |i: usize| -> &[u8] {
-        let s = &specs[i];
-        let n = Region::from(&s.region).numel() as usize * s.dtype.size();
-        &buf[offsets[i]..offsets[i] + n]
-    };
-    let mut rows = Vec::with_capacity(mine.len());
+    let parts: Vec<Part> = mine
+        .iter()
+        .flat_map(|&i| parts(i, &specs[i], offsets[i], opts))
+        .collect();
+    let mut rows = Vec::with_capacity(parts.len());
     let mut at = 0u64;
+    // Compressed chunks, whole; raw ones are written from the snapshot.
     let mut encoded: Vec<Vec<u8>> = Vec::new();
-    let mut segs: Vec<(u64, usize)> = Vec::new(); // (file offset, index into `encoded` or shard) per chunk
-    for &i in mine {
-        let s = &specs[i];
-        let raw = raw_of(i);
+    let mut places: Vec<u64> = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let s = &specs[p.spec];
+        let bb = p.block_bytes;
         let (block_lens, byte_len) = match opts.codec {
             Codec::Raw => {
-                let lens: Vec<u64> = raw.chunks(bb as usize).map(|c| c.len() as u64).collect();
-                (lens, raw.len() as u64)
+                let n = p.raw_len() as u64;
+                let lens: Vec<u64> = (0..codec::block_count(n, bb))
+                    .map(|b| bb.min(n - b * bb))
+                    .collect();
+                (lens, n)
             }
             Codec::ShuffleZstd { .. } => {
+                let raw: Vec<u8> = p.segs(buf).flatten().copied().collect();
                 let mut lens = Vec::new();
                 let mut whole = Vec::new();
                 let mut block = Vec::new();
@@ -641,26 +739,19 @@ fn write_chunks(
                 (lens, n)
             }
         };
-        segs.push((
-            at,
-            if opts.codec == Codec::Raw {
-                i
-            } else {
-                encoded.len() - 1
-            },
-        ));
+        places.push(at);
         rows.push(ChunkMeta {
             step,
             run: run.to_string(),
             fqn: s.fqn.clone(),
             dtype: s.dtype,
             global_shape: s.global_shape.clone(),
-            region: Region::from(&s.region),
+            region: p.region.clone(),
             rank,
             file: rel.to_string(),
             byte_offset: at,
             byte_len,
-            raw_len: raw.len() as u64,
+            raw_len: p.raw_len() as u64,
             codec: opts.codec,
             block_bytes: bb,
             block_lens,
@@ -668,33 +759,60 @@ fn write_chunks(
         });
         at = (at + byte_len).next_multiple_of(ALIGN as u64);
     }
-    let stored = |k: usize| -> &[u8] {
-        match opts.codec {
-            Codec::Raw => raw_of(segs[k].1),
-            Codec::ShuffleZstd { .. } => &encoded[segs[k].1],
-        }
-    };
     // Checksums on a second core while the first one drives the writes.
     let sums: Vec<Vec<u64>> = std::thread::scope(|sc| {
         let hasher = sc.spawn(|| {
-            rows.iter()
+            parts
+                .iter()
                 .enumerate()
-                .map(|(k, r)| {
-                    let data = stored(k);
-                    let mut at = 0usize;
-                    r.block_lens
-                        .iter()
-                        .map(|&l| {
-                            let h = codec::checksum(&data[at..at + l as usize]);
-                            at += l as usize;
-                            h
-                        })
-                        .collect()
+                .map(|(k, p)| match opts.codec {
+                    Codec::Raw => codec::block_checksums(p.segs(buf), p.block_bytes),
+                    Codec::ShuffleZstd { .. } => {
+                        let mut at = 0usize;
+                        rows[k]
+                            .block_lens
+                            .iter()
+                            .map(|&l| {
+                                let h = codec::checksum(&encoded[k][at..at + l as usize]);
+                                at += l as usize;
+                                h
+                            })
+                            .collect()
+                    }
                 })
                 .collect::<Vec<Vec<u64>>>()
         });
-        let list: Vec<(u64, &[u8])> = (0..rows.len()).map(|k| (segs[k].0, stored(k))).collect();
-        let w = io::write_at(&file, path, &list);
+        let w = match opts.codec {
+            Codec::Raw => {
+                // Gather writes straight from the snapshot, in batches.
+                let mut batch: Vec<(u64, Vec<IoSlice<'_>>)> = Vec::new();
+                let mut size = 0usize;
+                let mut res = Ok(());
+                for (k, p) in parts.iter().enumerate() {
+                    batch.push((places[k], p.segs(buf).map(IoSlice::new).collect()));
+                    size += p.raw_len();
+                    if size >= WRITE_BATCH || k + 1 == parts.len() {
+                        let reqs: Vec<(u64, &[IoSlice<'_>])> =
+                            batch.iter().map(|(o, v)| (*o, &v[..])).collect();
+                        res = io::write_at_vectored(&file, path, &reqs);
+                        if res.is_err() {
+                            break;
+                        }
+                        batch.clear();
+                        size = 0;
+                    }
+                }
+                res
+            }
+            Codec::ShuffleZstd { .. } => {
+                let list: Vec<(u64, &[u8])> = places
+                    .iter()
+                    .zip(&encoded)
+                    .map(|(o, e)| (*o, &e[..]))
+                    .collect();
+                io::write_at(&file, path, &list)
+            }
+        };
         let sums = hasher.join().expect("checksum thread panicked");
         w.map(|_| sums)
     })?;

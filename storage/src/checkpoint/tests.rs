@@ -266,8 +266,12 @@ fn resharding_matches_a_materialised_reference_on_random_odd_shapes() {
                         }
                     })
                     .collect();
+                // Column slabs off, many, or a few (a divisor of 12 that
+                // keeps rows of at least 4 bytes).
                 let opts = SaveOptions {
                     block_bytes: block * 8,
+                    column_slabs: [0, 12, 6][(seed % 3) as usize],
+                    slab_min_row_bytes: 4,
                     ..quick()
                 };
                 save_world(
@@ -288,6 +292,84 @@ fn resharding_matches_a_materialised_reference_on_random_odd_shapes() {
             })
             .unwrap_or_else(|e| panic!("{scenario:?}: {e}"));
     }
+}
+
+#[test]
+fn column_slabs_let_a_column_shard_read_only_its_own_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = vec![64u64, 96];
+    let tensors = [Tensor {
+        fqn: "w".into(),
+        dtype: DType::F32,
+        full: tensor_bytes(7, 64 * 96, DType::F32),
+        shape: shape.clone(),
+    }];
+    let opts = SaveOptions {
+        block_bytes: 4096,
+        slab_min_row_bytes: 16,
+        ..quick()
+    };
+    let rows2: Vec<Vec<Region>> = (0..2)
+        .map(|k| vec![Region::split_dim(&shape, 0, 2, k)])
+        .collect();
+    let reports = save_world(dir.path(), 1, "s", &tensors, &rows2, &opts);
+    assert_eq!(
+        reports.iter().map(|r| r.chunks_written).sum::<usize>(),
+        2 * 12
+    );
+    let ck = rt().block_on(Checkpoint::open(dir.path(), None)).unwrap();
+    for n in [3u64, 4, 5] {
+        for k in 0..n {
+            let region = Region::split_dim(&shape, 1, n, k);
+            let mut buf = vec![0u8; region.numel() as usize * 4];
+            let rep = ck
+                .load(
+                    &mut [Target {
+                        fqn: "w".into(),
+                        dtype: DType::F32,
+                        region: region.clone(),
+                        buf: &mut buf,
+                    }],
+                    &LoadOptions::default(),
+                )
+                .unwrap();
+            assert!(buf == slice(&tensors[0].full, &shape, &region, 4));
+            let owned = buf.len() as u64;
+            if 12 % n == 0 {
+                // Degrees dividing 12 read exactly their own slabs.
+                assert_eq!(rep.bytes_read, owned, "{k} of {n}");
+            } else {
+                // Others at most one slab more on each side (8 columns of 64 rows).
+                assert!(
+                    rep.bytes_read <= owned + 2 * 64 * 8 * 4,
+                    "{k} of {n}: {}",
+                    rep.bytes_read
+                );
+            }
+        }
+    }
+    // Without slabs the same column shard reads every row in full.
+    let dir2 = tempfile::tempdir().unwrap();
+    let off = SaveOptions {
+        column_slabs: 0,
+        ..opts
+    };
+    save_world(dir2.path(), 1, "s", &tensors, &rows2, &off);
+    let ck = rt().block_on(Checkpoint::open(dir2.path(), None)).unwrap();
+    let region = Region::split_dim(&shape, 1, 3, 1);
+    let mut buf = vec![0u8; region.numel() as usize * 4];
+    let rep = ck
+        .load(
+            &mut [Target {
+                fqn: "w".into(),
+                dtype: DType::F32,
+                region,
+                buf: &mut buf,
+            }],
+            &LoadOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(rep.bytes_read, 64 * 96 * 4);
 }
 
 #[test]
