@@ -475,8 +475,8 @@ impl BufferPool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn writes_and_reads_many_segments_and_reports_truncation() {
+    /// A new empty file opened for reading and writing, in its own directory.
+    fn scratch_file() -> (tempfile::TempDir, std::path::PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.bin");
         let f = std::fs::OpenOptions::new()
@@ -486,6 +486,12 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
+        (dir, path, f)
+    }
+
+    #[test]
+    fn writes_and_reads_many_segments_and_reports_truncation() {
+        let (_dir, path, f) = scratch_file();
         let a: Vec<u8> = (0..(9 << 20)).map(|i: u32| (i * 7 + 3) as u8).collect();
         let b = vec![0xabu8; 1000];
         write_at(&f, &path, &[(0, &a), (a.len() as u64 + 5000, &b)]).unwrap();
@@ -506,15 +512,7 @@ mod tests {
 
     #[test]
     fn gather_writes_and_scatter_reads_on_both_engines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v.bin");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, _path, f) = scratch_file();
         // 3000 segments of 700 bytes (more than IOV_MAX per request) plus one
         // larger than a piece: every cut in `pieces` is exercised.
         let src: Vec<u8> = (0..(3000 * 700 + (5 << 20)))

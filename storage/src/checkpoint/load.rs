@@ -31,6 +31,9 @@ const BATCH_BYTES: u64 = 32 << 20;
 /// for deep reads, small enough that the checksum pass after the read
 /// still finds the bytes in cache.
 const GROUP_BYTES: u64 = 8 << 20;
+/// A block that would scatter into more segments than this is read whole
+/// into scratch, checked, and copied out instead.
+const SCATTER_SEGS: usize = 8;
 /// Blocks closer than this in one file are read with one request.
 const MERGE_GAP: u64 = 64 << 10;
 
@@ -503,6 +506,8 @@ impl Checkpoint {
                 let mut layout: Vec<Vec<(usize, Option<*mut u8>)>> =
                     Vec::with_capacity(group.len());
                 let mut gap_bytes = 0usize;
+                // Per block, the runs to copy out of scratch after the check.
+                let mut post: Vec<Vec<(usize, usize, *mut u8)>> = Vec::with_capacity(group.len());
                 for (ci, b, cps) in &group {
                     let c = &self.chunks[*ci];
                     let es = c.dtype.size();
@@ -543,6 +548,23 @@ impl Checkpoint {
                     if pos < block_len {
                         segs.push((block_len - pos, None));
                         gap_bytes += block_len - pos;
+                    }
+                    if segs.len() > SCATTER_SEGS {
+                        // Many short runs (slab rows): the kernel's per-segment
+                        // cost and a piecewise checksum would dominate, so read
+                        // the block whole into scratch (it stays in cache),
+                        // check it in one pass and copy the runs out.
+                        gap_bytes += block_len
+                            - segs
+                                .iter()
+                                .filter(|x| x.1.is_none())
+                                .map(|x| x.0)
+                                .sum::<usize>();
+                        segs.clear();
+                        segs.push((block_len, None));
+                        post.push(runs.clone());
+                    } else {
+                        post.push(Vec::new());
                     }
                     layout.push(segs);
                 }
@@ -598,7 +620,7 @@ impl Checkpoint {
                     return Err(fail(Error::Corrupt(format!("tensor {fqn}: {e}"))));
                 }
                 drop(reqs);
-                for ((ci, b, _), segs) in group.iter().zip(&layout) {
+                for (((ci, b, _), segs), runs) in group.iter().zip(&layout).zip(&post) {
                     let c = &self.chunks[*ci];
                     let sum = codec::checksum_parts(segs.iter().map(|&(p, n)| {
                         // SAFETY: the reads into these ranges have completed
@@ -607,6 +629,15 @@ impl Checkpoint {
                     }));
                     if sum != c.checksums[*b] {
                         return Err(fail(checksum_mismatch(c, *b)));
+                    }
+                    if !runs.is_empty() {
+                        let from = segs[0].0;
+                        for &(s, n, p) in runs {
+                            // SAFETY: `from` is this block's whole scratch copy
+                            // (s + n <= block length, checked when planned)
+                            // and `p` a disjoint, bounds-checked target range.
+                            unsafe { std::ptr::copy_nonoverlapping(from.add(s), p, n) };
+                        }
                     }
                     total += c.block_raw(*b).1;
                 }

@@ -317,33 +317,37 @@ fn column_slabs_let_a_column_shard_read_only_its_own_bytes() {
         reports.iter().map(|r| r.chunks_written).sum::<usize>(),
         2 * 12
     );
-    let ck = rt().block_on(Checkpoint::open(dir.path(), None)).unwrap();
+    // Load one region of "w"; its bytes and the bytes read.
+    let load = |root: &Path, region: &Region| -> (Vec<u8>, u64) {
+        let ck = rt().block_on(Checkpoint::open(root, None)).unwrap();
+        let mut buf = vec![0u8; region.numel() as usize * 4];
+        let rep = ck
+            .load(
+                &mut [Target {
+                    fqn: "w".into(),
+                    dtype: DType::F32,
+                    region: region.clone(),
+                    buf: &mut buf,
+                }],
+                &LoadOptions::default(),
+            )
+            .unwrap();
+        (buf, rep.bytes_read)
+    };
     for n in [3u64, 4, 5] {
         for k in 0..n {
             let region = Region::split_dim(&shape, 1, n, k);
-            let mut buf = vec![0u8; region.numel() as usize * 4];
-            let rep = ck
-                .load(
-                    &mut [Target {
-                        fqn: "w".into(),
-                        dtype: DType::F32,
-                        region: region.clone(),
-                        buf: &mut buf,
-                    }],
-                    &LoadOptions::default(),
-                )
-                .unwrap();
+            let (buf, bytes_read) = load(dir.path(), &region);
             assert!(buf == slice(&tensors[0].full, &shape, &region, 4));
             let owned = buf.len() as u64;
             if 12 % n == 0 {
                 // Degrees dividing 12 read exactly their own slabs.
-                assert_eq!(rep.bytes_read, owned, "{k} of {n}");
+                assert_eq!(bytes_read, owned, "{k} of {n}");
             } else {
                 // Others at most one slab more on each side (8 columns of 64 rows).
                 assert!(
-                    rep.bytes_read <= owned + 2 * 64 * 8 * 4,
-                    "{k} of {n}: {}",
-                    rep.bytes_read
+                    bytes_read <= owned + 2 * 64 * 8 * 4,
+                    "{k} of {n}: {bytes_read}"
                 );
             }
         }
@@ -355,21 +359,8 @@ fn column_slabs_let_a_column_shard_read_only_its_own_bytes() {
         ..opts
     };
     save_world(dir2.path(), 1, "s", &tensors, &rows2, &off);
-    let ck = rt().block_on(Checkpoint::open(dir2.path(), None)).unwrap();
-    let region = Region::split_dim(&shape, 1, 3, 1);
-    let mut buf = vec![0u8; region.numel() as usize * 4];
-    let rep = ck
-        .load(
-            &mut [Target {
-                fqn: "w".into(),
-                dtype: DType::F32,
-                region,
-                buf: &mut buf,
-            }],
-            &LoadOptions::default(),
-        )
-        .unwrap();
-    assert_eq!(rep.bytes_read, 64 * 96 * 4);
+    let (_, bytes_read) = load(dir2.path(), &Region::split_dim(&shape, 1, 3, 1));
+    assert_eq!(bytes_read, 64 * 96 * 4);
 }
 
 #[test]
