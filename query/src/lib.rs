@@ -9,6 +9,7 @@
 //! Architecture invariant: query never writes files; it reads through
 //! granary-storage and returns Arrow batches. Formatting is the caller's.
 
+pub mod builtins;
 pub mod curate;
 pub mod descriptor;
 pub mod ipf;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use granary_storage::Granary;
 use lance::datafusion::LanceTableProvider;
@@ -83,7 +85,11 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 
 fn new_context() -> SessionContext {
     let config = SessionConfig::new().with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let mut builder = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features();
+    builtins::install(&mut builder);
+    let ctx = SessionContext::new_with_state(builder.build());
     udf::register(&ctx);
     ctx
 }

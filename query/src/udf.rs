@@ -39,16 +39,26 @@ pub const ASPECT_BUCKETS: [(u32, u32); 13] = [
 /// Area of the union of `boxes` (`[x0, y0, x1, y1]`, half-open) clipped to
 /// the `width × height` image; overlapping boxes count once.
 pub fn union_area(boxes: &[[i64; 4]], width: i64, height: i64) -> i64 {
+    let clip = |b: &[i64; 4]| {
+        [
+            b[0].clamp(0, width),
+            b[1].clamp(0, height),
+            b[2].clamp(0, width),
+            b[3].clamp(0, height),
+        ]
+    };
+    // Most samples hold no box or one: no sweep, no allocation.
+    match boxes {
+        [] => return 0,
+        [b] => {
+            let c = clip(b);
+            return (c[2] - c[0]).max(0) * (c[3] - c[1]).max(0);
+        }
+        _ => {}
+    }
     let clipped: Vec<[i64; 4]> = boxes
         .iter()
-        .map(|b| {
-            [
-                b[0].clamp(0, width),
-                b[1].clamp(0, height),
-                b[2].clamp(0, width),
-                b[3].clamp(0, height),
-            ]
-        })
+        .map(clip)
         .filter(|b| b[0] < b[2] && b[1] < b[3])
         .collect();
     let mut xs: Vec<i64> = clipped.iter().flat_map(|b| [b[0], b[2]]).collect();
@@ -100,13 +110,31 @@ pub fn aspect_bucket(width: i64, height: i64) -> Option<&'static str> {
     if width <= 0 || height <= 0 {
         return None;
     }
-    let r = (width as f64 / height as f64).ln();
-    let (i, _) = ASPECT_BUCKETS
-        .iter()
-        .enumerate()
-        .map(|(i, &(w, h))| (i, (r - (f64::from(w) / f64::from(h)).ln()).abs()))
-        .min_by(|a, b| a.1.total_cmp(&b.1))?;
-    Some(BUCKET_NAMES[i])
+    // Nearest in log space = one comparison per boundary of the sorted
+    // buckets, so no logarithm per row.
+    let b = bucket_bounds();
+    let r = width as f64 / height as f64;
+    Some(b.names[b.bounds.partition_point(|&x| x < r)])
+}
+
+/// The buckets sorted by ratio, and the ratios where the nearest one in log
+/// space changes: the geometric mean of each neighbouring pair.
+struct BucketBounds {
+    names: [&'static str; 13],
+    bounds: [f64; 12],
+}
+
+fn bucket_bounds() -> &'static BucketBounds {
+    static B: std::sync::OnceLock<BucketBounds> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        let ratio = |i: usize| f64::from(ASPECT_BUCKETS[i].0) / f64::from(ASPECT_BUCKETS[i].1);
+        let mut order: Vec<usize> = (0..ASPECT_BUCKETS.len()).collect();
+        order.sort_by(|&a, &b| ratio(a).total_cmp(&ratio(b)));
+        BucketBounds {
+            names: std::array::from_fn(|k| BUCKET_NAMES[order[k]]),
+            bounds: std::array::from_fn(|k| (ratio(order[k]) * ratio(order[k + 1])).sqrt()),
+        }
+    })
 }
 
 const BUCKET_NAMES: [&str; 13] = [
@@ -395,6 +423,37 @@ fn eval_blob_size(a: &ArrayRef) -> DfResult<ArrayRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition: the bucket whose ratio is nearest in log space.
+    fn nearest_by_log_distance(width: i64, height: i64) -> &'static str {
+        let r = (width as f64 / height as f64).ln();
+        let (i, _) = ASPECT_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, &(w, h))| (i, (r - (f64::from(w) / f64::from(h)).ln()).abs()))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("buckets");
+        BUCKET_NAMES[i]
+    }
+
+    #[test]
+    fn aspect_bucket_is_the_nearest_in_log_space() {
+        for w in (1..=4096).step_by(7) {
+            for h in (1..=4096).step_by(5) {
+                assert_eq!(
+                    aspect_bucket(w, h),
+                    Some(nearest_by_log_distance(w, h)),
+                    "{w}x{h}"
+                );
+            }
+        }
+        for &(w, h) in &ASPECT_BUCKETS {
+            let (w, h) = (i64::from(w) * 64, i64::from(h) * 64);
+            assert_eq!(aspect_bucket(w, h), Some(nearest_by_log_distance(w, h)));
+        }
+        assert_eq!(aspect_bucket(1920, 1080), Some("16:9"));
+        assert_eq!(aspect_bucket(0, 10), None);
+    }
 
     #[test]
     fn union_counts_overlap_once() {
