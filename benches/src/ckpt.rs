@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use granary_benches::{drop_caches, peak_rss_mib, wait_with_rusage};
+use granary_benches::{Args, drop_caches, peak_rss_mib, wait_with_rusage};
 use granary_storage::checkpoint::{
     Checkpoint, DType, LoadOptions, Region, SaveOptions, Saver, Shard, Target,
 };
@@ -140,12 +140,13 @@ fn layout(kind: &str, tensors: &[T]) -> Result<Vec<Vec<(usize, Region)>>> {
     })
 }
 
-fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-}
+const USAGE: &str = "Usage: ckpt [--gib 1.0] [--rounds 3] [--dir DIR] [--scenario all|rows2-cols3|rows2-1|flat4-rows2]
+
+Saves about --gib GiB of parameters (+ 2x Adam state) from N rank processes
+and loads it under another layout, next to memcpy, sequential write + fsync
+and sequential read baselines measured in the same run on the same disk.
+Each scenario runs --rounds times. --dir keeps the files (default: a
+temporary directory, removed at the end). Prints JSON lines with ratios.";
 
 /// Save as `rank` of `layout`, twice (step 1 warms the buffer pool; step 2
 /// is the steady state). Prints one JSON line.
@@ -515,26 +516,32 @@ fn round(
 }
 
 fn main() -> Result<()> {
+    // Rank children: `--gib G --child-save|--child-load ROOT KIND RANK [RUN]`.
     let args: Vec<String> = std::env::args().collect();
-    let gib: f64 = arg(&args, "--gib").unwrap_or("1.0").parse()?;
-    if let Some(i) = args.iter().position(|a| a == "--child-save") {
+    if let Some(i) = args
+        .iter()
+        .position(|a| a == "--child-save" || a == "--child-load")
+        .filter(|&i| i == 3 && args[1] == "--gib")
+    {
+        let gib: f64 = args[2].parse()?;
         let a = &args[i + 1..];
-        return child_save(Path::new(&a[0]), gib, &a[1], a[2].parse()?, &a[3]);
-    }
-    if let Some(i) = args.iter().position(|a| a == "--child-load") {
-        let a = &args[i + 1..];
+        if args[i] == "--child-save" {
+            return child_save(Path::new(&a[0]), gib, &a[1], a[2].parse()?, &a[3]);
+        }
         return child_load(Path::new(&a[0]), gib, &a[1], a[2].parse()?);
     }
-    let rounds: usize = arg(&args, "--rounds").unwrap_or("3").parse()?;
+    let cli = Args::parse(USAGE, &["--gib", "--rounds", "--dir", "--scenario"], &[])?;
+    let gib: f64 = cli.parsed("--gib", 1.0)?;
+    let rounds: usize = cli.parsed("--rounds", 3)?;
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let work: PathBuf = match arg(&args, "--dir") {
+    let work: PathBuf = match cli.value("--dir") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("granary-bench-ckpt-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work)?;
-    let which = arg(&args, "--scenario").unwrap_or("all");
+    let which = cli.value("--scenario").unwrap_or("all");
     let tensors = model(gib);
     let total: u64 = tensors
         .iter()
@@ -600,7 +607,7 @@ fn main() -> Result<()> {
                    "rss_within_target": rss_ok, "pass": pass})
         );
     }
-    if arg(&args, "--dir").is_none() {
+    if cli.value("--dir").is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())

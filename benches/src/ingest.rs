@@ -16,30 +16,29 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use granary_benches::{drop_caches, wait_with_rusage};
+use anyhow::{Result, bail};
+use granary_benches::{Args, drop_caches, wait_with_rusage};
 use serde_json::json;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+const USAGE: &str = "Usage: ingest [--n 20000] [--src DIR] [--dir WORKDIR] [--warm]
+
+Ingests a folder of --n synthetic images (or --src DIR) and compares with a
+plain read + hash of the same files. Drops the page cache where allowed;
+--warm reads both from the page cache. Prints JSON lines.";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child-ingest") {
         return child_ingest(Path::new(&args[2]), Path::new(&args[3]));
     }
-    let n: usize = arg(&args, "--n")
-        .map_or(Ok(20_000), |s| s.parse())
-        .context("--n")?;
-    let work = match arg(&args, "--dir") {
+    let cli = Args::parse(USAGE, &["--n", "--src", "--dir"], &["--warm"])?;
+    let n: usize = cli.parsed("--n", 20_000)?;
+    let work = match cli.value("--dir") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("granary-bench-ingest-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work)?;
-    let src = match arg(&args, "--src") {
+    let src = match cli.value("--src") {
         Some(s) => PathBuf::from(s),
         None => {
             let src = work.join("src");
@@ -58,7 +57,7 @@ fn main() -> Result<()> {
         }
     };
 
-    let warm = args.iter().any(|a| a == "--warm");
+    let warm = cli.flag("--warm");
     let drop_caches = || !warm && drop_caches();
     if warm {
         read_and_hash(&src)?; // fill the page cache
@@ -113,7 +112,7 @@ fn main() -> Result<()> {
                "target_ratio": 0.7, "peak_rss_mib": rss_mib, "target_rss_mib": 512,
                "pass": ratio >= 0.7 && rss_mib < 512.0})
     );
-    if arg(&args, "--dir").is_none() {
+    if cli.value("--dir").is_none() {
         let _ = std::fs::remove_dir_all(&work);
     } else {
         let _ = std::fs::remove_dir_all(&root);

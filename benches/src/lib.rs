@@ -41,3 +41,88 @@ pub fn wait_with_rusage(pid: i32) -> Result<(i32, i64)> {
     };
     Ok((code, usage.ru_maxrss))
 }
+
+/// A bench's command line: `--name value` options and bare switches.
+/// `-h`/`--help` prints the usage and exits; an unknown argument, or an
+/// option without its value, is an error that shows the usage.
+pub struct Args {
+    args: Vec<String>,
+}
+
+impl Args {
+    /// Parse `std::env::args()` against the known `options` and `switches`.
+    pub fn parse(usage: &str, options: &[&str], switches: &[&str]) -> Result<Self> {
+        Self::from(std::env::args().skip(1).collect(), usage, options, switches)
+    }
+
+    fn from(args: Vec<String>, usage: &str, options: &[&str], switches: &[&str]) -> Result<Self> {
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            if a == "-h" || a == "--help" {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            if options.contains(&a) {
+                if args.get(i + 1).is_none_or(|v| v.starts_with("--")) {
+                    bail!("{a} needs a value\n\n{usage}");
+                }
+                i += 2;
+            } else if switches.contains(&a) {
+                i += 1;
+            } else {
+                bail!("unknown argument {a:?}\n\n{usage}");
+            }
+        }
+        Ok(Self { args })
+    }
+
+    /// The value after `name`, if given.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        let i = self.args.iter().position(|a| a == name)?;
+        self.args.get(i + 1).map(String::as_str)
+    }
+
+    /// The value after `name` parsed, or `default` when absent.
+    pub fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.value(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v:?}: {e}")),
+        }
+    }
+
+    /// Whether the switch `name` was given.
+    pub fn flag(&self, name: &str) -> bool {
+        self.args.iter().any(|a| a == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+
+    fn parse(a: &[&str]) -> anyhow::Result<Args> {
+        let args = a.iter().map(|s| s.to_string()).collect();
+        Args::from(args, "usage", &["--n", "--dir"], &["--warm"])
+    }
+
+    #[test]
+    fn options_switches_and_errors() {
+        let a = parse(&["--n", "5", "--warm"]).expect("parse");
+        assert_eq!(a.parsed("--n", 1usize).expect("n"), 5);
+        assert_eq!(a.parsed("--m", 7usize).expect("default"), 7);
+        assert!(a.flag("--warm") && a.value("--dir").is_none());
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--n"]).is_err());
+        assert!(parse(&["--n", "--warm"]).is_err());
+        assert!(
+            parse(&["--n", "x"])
+                .expect("parse")
+                .parsed("--n", 1usize)
+                .is_err()
+        );
+    }
+}

@@ -23,14 +23,15 @@ use granary::storage::ingest::{Sample, append_samples};
 use granary::storage::media::{Format, MediaInfo};
 use granary::storage::sidecar::{Caption, Defect, Sidecar};
 use granary::storage::{Granary, schema};
-use granary_benches::wait_with_rusage;
+use granary_benches::{Args, wait_with_rusage};
 use serde_json::json;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+const USAGE: &str = "Usage: query [--n 100000] [--plan-n 1000000] [--dir WORKDIR] [--skip-plan]
+
+Curation queries on a synthetic granary of --n rows (5 KB and 50 KB media),
+timed against DuckDB on the same rows in Parquet; then `plan` on --plan-n
+rows with 64-dim embeddings. --dir keeps and reuses the generated data
+(default: a temporary directory, removed at the end). Prints JSON lines.";
 
 type Rng = granary::query::kmeans::SplitMix64;
 
@@ -338,14 +339,11 @@ async fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let n: usize = arg(&args, "--n")
-        .map_or(Ok(100_000), |s| s.parse())
-        .context("--n")?;
-    let plan_n: usize = arg(&args, "--plan-n")
-        .map_or(Ok(1_000_000), |s| s.parse())
-        .context("--plan-n")?;
+    let cli = Args::parse(USAGE, &["--n", "--plan-n", "--dir"], &["--skip-plan"])?;
+    let n: usize = cli.parsed("--n", 100_000)?;
+    let plan_n: usize = cli.parsed("--plan-n", 1_000_000)?;
     let reps = 3;
-    let work = match arg(&args, "--dir") {
+    let work = match cli.value("--dir") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("granary-bench-query-{}", std::process::id())),
     };
@@ -391,7 +389,7 @@ async fn main() -> Result<()> {
         }
         println!("{line}");
     }
-    if !args.iter().any(|a| a == "--skip-plan") {
+    if !cli.flag("--skip-plan") {
         let root = work.join("g1m");
         make_granary(&root, plan_n, 16, 2).await?;
         let exe = std::env::current_exe()?;
@@ -424,5 +422,8 @@ async fn main() -> Result<()> {
         all_ok &= secs < 60.0;
     }
     println!("{}", json!({"bench": "query", "all_targets_ok": all_ok}));
+    if cli.value("--dir").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     Ok(())
 }
