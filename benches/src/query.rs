@@ -5,7 +5,7 @@
 //! on 1M generated rows with 64-dim embeddings, in a child process for its
 //! peak RSS. Prints JSON lines with ratios.
 //!
-//! Usage: `cargo run --release -p granary-benches --bin query -- [--n 100000] [--plan-n 1000000] [--dir WORKDIR] [--skip-plan]`
+//! Usage: `cargo run --release -p granary-benches --bin query -- [--n 100000] [--plan-n 1000000] [--reps 10] [--dir WORKDIR] [--skip-plan]`
 //!
 //! Rows are generated directly (random payload bytes stand in for images;
 //! captions, defects, scores and embeddings follow the synthetic
@@ -26,11 +26,13 @@ use granary::storage::{Granary, schema};
 use granary_benches::{Args, wait_with_rusage};
 use serde_json::json;
 
-const USAGE: &str = "Usage: query [--n 100000] [--plan-n 1000000] [--dir WORKDIR] [--skip-plan]
+const USAGE: &str =
+    "Usage: query [--n 100000] [--plan-n 1000000] [--reps 10] [--dir WORKDIR] [--skip-plan]
 
 Curation queries on a synthetic granary of --n rows (5 KB and 50 KB media),
 timed against DuckDB on the same rows in Parquet; then `plan` on --plan-n
-rows with 64-dim embeddings. --dir keeps and reuses the generated data
+rows with 64-dim embeddings. Each query time is the best of --reps runs
+(both engines) after a warm-up. --dir keeps and reuses the generated data
 (default: a temporary directory, removed at the end). Prints JSON lines.";
 
 type Rng = granary::query::kmeans::SplitMix64;
@@ -339,10 +341,17 @@ async fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let cli = Args::parse(USAGE, &["--n", "--plan-n", "--dir"], &["--skip-plan"])?;
+    let cli = Args::parse(
+        USAGE,
+        &["--n", "--plan-n", "--reps", "--dir"],
+        &["--skip-plan"],
+    )?;
     let n: usize = cli.parsed("--n", 100_000)?;
     let plan_n: usize = cli.parsed("--plan-n", 1_000_000)?;
-    let reps = 3;
+    let reps: usize = cli.parsed("--reps", 10)?;
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
     let work = match cli.value("--dir") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("granary-bench-query-{}", std::process::id())),
