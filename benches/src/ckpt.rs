@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use granary_benches::{Args, drop_caches, peak_rss_mib, wait_with_rusage};
+use granary_benches::{drop_caches, peak_rss_mib, wait_with_rusage};
 use granary_storage::checkpoint::{
     Checkpoint, DType, LoadOptions, Region, SaveOptions, Saver, Shard, Target,
 };
@@ -140,13 +140,28 @@ fn layout(kind: &str, tensors: &[T]) -> Result<Vec<Vec<(usize, Region)>>> {
     })
 }
 
-const USAGE: &str = "Usage: ckpt [--gib 1.0] [--rounds 3] [--dir DIR] [--scenario all|rows2-cols3|rows2-1|flat4-rows2]
-
-Saves about --gib GiB of parameters (+ 2x Adam state) from N rank processes
-and loads it under another layout, next to memcpy, sequential write + fsync
-and sequential read baselines measured in the same run on the same disk.
-Each scenario runs --rounds times. --dir keeps the files (default: a
-temporary directory, removed at the end). Prints JSON lines with ratios.";
+/// Saves about --gib GiB of parameters (+ 2x Adam state) from N rank
+/// processes and loads it under another layout, next to memcpy, sequential
+/// write + fsync and sequential read baselines measured in the same run on
+/// the same disk. Prints JSON lines with ratios.
+#[derive(clap::Parser)]
+#[command(name = "ckpt")]
+struct Cli {
+    /// GiB of parameters (the two Adam moments come on top).
+    #[arg(long, default_value_t = 1.0)]
+    gib: f64,
+    /// Runs of each scenario, each measurement right after its baseline.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Keep the checkpoint files here (default: a temporary directory,
+    /// removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Which save -> load layout change to run.
+    #[arg(long, default_value = "all",
+          value_parser = ["all", "rows2-cols3", "rows2-1", "flat4-rows2"])]
+    scenario: String,
+}
 
 /// Save as `rank` of `layout`, twice (step 1 warms the buffer pool; step 2
 /// is the steady state). Prints one JSON line.
@@ -530,18 +545,14 @@ fn main() -> Result<()> {
         }
         return child_load(Path::new(&a[0]), gib, &a[1], a[2].parse()?);
     }
-    let cli = Args::parse(USAGE, &["--gib", "--rounds", "--dir", "--scenario"], &[])?;
-    let gib: f64 = cli.parsed("--gib", 1.0)?;
-    let rounds: usize = cli.parsed("--rounds", 3)?;
-    if rounds == 0 {
-        bail!("--rounds must be at least 1");
-    }
-    let work: PathBuf = match cli.value("--dir") {
-        Some(d) => PathBuf::from(d),
+    let cli = <Cli as clap::Parser>::parse();
+    let (gib, rounds) = (cli.gib, cli.rounds as usize);
+    let work: PathBuf = match &cli.dir {
+        Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("granary-bench-ckpt-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work)?;
-    let which = cli.value("--scenario").unwrap_or("all");
+    let which = cli.scenario.as_str();
     let tensors = model(gib);
     let total: u64 = tensors
         .iter()
@@ -607,7 +618,7 @@ fn main() -> Result<()> {
                    "rss_within_target": rss_ok, "pass": pass})
         );
     }
-    if cli.value("--dir").is_none() {
+    if cli.dir.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())

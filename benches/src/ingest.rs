@@ -17,29 +17,43 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use granary_benches::{Args, drop_caches, wait_with_rusage};
+use granary_benches::{drop_caches, wait_with_rusage};
 use serde_json::json;
 
-const USAGE: &str = "Usage: ingest [--n 20000] [--src DIR] [--dir WORKDIR] [--warm]
-
-Ingests a folder of --n synthetic images (or --src DIR) and compares with a
-plain read + hash of the same files. Drops the page cache where allowed;
---warm reads both from the page cache. Prints JSON lines.";
+/// Ingests a folder of synthetic images (or --src DIR) and compares with a
+/// plain read + hash of the same files. Prints JSON lines.
+#[derive(clap::Parser)]
+#[command(name = "ingest")]
+struct Cli {
+    /// Synthetic images to generate when no --src is given.
+    #[arg(long, default_value_t = 20_000)]
+    n: usize,
+    /// Ingest this folder instead of generating one.
+    #[arg(long)]
+    src: Option<PathBuf>,
+    /// Work here and keep the source (default: a temporary directory,
+    /// removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Read both from the page cache instead of dropping it before each run.
+    #[arg(long)]
+    warm: bool,
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child-ingest") {
         return child_ingest(Path::new(&args[2]), Path::new(&args[3]));
     }
-    let cli = Args::parse(USAGE, &["--n", "--src", "--dir"], &["--warm"])?;
-    let n: usize = cli.parsed("--n", 20_000)?;
-    let work = match cli.value("--dir") {
-        Some(d) => PathBuf::from(d),
+    let cli = <Cli as clap::Parser>::parse();
+    let n = cli.n;
+    let work = match &cli.dir {
+        Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("granary-bench-ingest-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work)?;
-    let src = match cli.value("--src") {
-        Some(s) => PathBuf::from(s),
+    let src = match &cli.src {
+        Some(s) => s.clone(),
         None => {
             let src = work.join("src");
             if !src.exists() {
@@ -57,7 +71,7 @@ fn main() -> Result<()> {
         }
     };
 
-    let warm = cli.flag("--warm");
+    let warm = cli.warm;
     let drop_caches = || !warm && drop_caches();
     if warm {
         read_and_hash(&src)?; // fill the page cache
@@ -112,7 +126,7 @@ fn main() -> Result<()> {
                "target_ratio": 0.7, "peak_rss_mib": rss_mib, "target_rss_mib": 512,
                "pass": ratio >= 0.7 && rss_mib < 512.0})
     );
-    if cli.value("--dir").is_none() {
+    if cli.dir.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     } else {
         let _ = std::fs::remove_dir_all(&root);

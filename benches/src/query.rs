@@ -23,17 +23,32 @@ use granary::storage::ingest::{Sample, append_samples};
 use granary::storage::media::{Format, MediaInfo};
 use granary::storage::sidecar::{Caption, Defect, Sidecar};
 use granary::storage::{Granary, schema};
-use granary_benches::{Args, wait_with_rusage};
+use granary_benches::wait_with_rusage;
 use serde_json::json;
 
-const USAGE: &str =
-    "Usage: query [--n 100000] [--plan-n 1000000] [--reps 10] [--dir WORKDIR] [--skip-plan]
-
-Curation queries on a synthetic granary of --n rows (5 KB and 50 KB media),
-timed against DuckDB on the same rows in Parquet; then `plan` on --plan-n
-rows with 64-dim embeddings. Each query time is the best of --reps runs
-(both engines) after a warm-up. --dir keeps and reuses the generated data
-(default: a temporary directory, removed at the end). Prints JSON lines.";
+/// Curation queries on a synthetic granary (5 KB and 50 KB media), timed
+/// against DuckDB on the same rows in Parquet; then `plan` on 1M rows with
+/// 64-dim embeddings. Prints JSON lines.
+#[derive(clap::Parser)]
+#[command(name = "query")]
+struct Cli {
+    /// Rows of the query granaries.
+    #[arg(long, default_value_t = 100_000)]
+    n: usize,
+    /// Rows of the plan granary.
+    #[arg(long, default_value_t = 1_000_000)]
+    plan_n: usize,
+    /// Each query time is the best of this many runs (both engines), after a warm-up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Keep and reuse the generated data here (default: a temporary
+    /// directory, removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Skip the 1M-row plan.
+    #[arg(long)]
+    skip_plan: bool,
+}
 
 type Rng = granary::query::kmeans::SplitMix64;
 
@@ -341,19 +356,10 @@ async fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let cli = Args::parse(
-        USAGE,
-        &["--n", "--plan-n", "--reps", "--dir"],
-        &["--skip-plan"],
-    )?;
-    let n: usize = cli.parsed("--n", 100_000)?;
-    let plan_n: usize = cli.parsed("--plan-n", 1_000_000)?;
-    let reps: usize = cli.parsed("--reps", 10)?;
-    if reps == 0 {
-        bail!("--reps must be at least 1");
-    }
-    let work = match cli.value("--dir") {
-        Some(d) => PathBuf::from(d),
+    let cli = <Cli as clap::Parser>::parse();
+    let (n, plan_n, reps) = (cli.n, cli.plan_n, cli.reps as usize);
+    let work = match &cli.dir {
+        Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("granary-bench-query-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work)?;
@@ -398,7 +404,7 @@ async fn main() -> Result<()> {
         }
         println!("{line}");
     }
-    if !cli.flag("--skip-plan") {
+    if !cli.skip_plan {
         let root = work.join("g1m");
         make_granary(&root, plan_n, 16, 2).await?;
         let exe = std::env::current_exe()?;
@@ -431,7 +437,7 @@ async fn main() -> Result<()> {
         all_ok &= secs < 60.0;
     }
     println!("{}", json!({"bench": "query", "all_targets_ok": all_ok}));
-    if cli.value("--dir").is_none() {
+    if cli.dir.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
     Ok(())

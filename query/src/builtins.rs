@@ -147,18 +147,18 @@ fn element(args: &[ColumnarValue], rows: usize) -> DfResult<Option<ArrayRef>> {
         }
         _ => return Ok(None),
     };
-    let picks = match list.data_type() {
-        DataType::List(f) if !f.data_type().is_null() => positions(list.as_list::<i32>(), &index),
+    let (picks, values) = match list.data_type() {
+        DataType::List(f) if !f.data_type().is_null() => {
+            let list = list.as_list::<i32>();
+            (positions(list, &index), list.values())
+        }
         DataType::LargeList(f) if !f.data_type().is_null() => {
-            positions(list.as_list::<i64>(), &index)
+            let list = list.as_list::<i64>();
+            (positions(list, &index), list.values())
         }
         _ => return Ok(None),
     };
     debug_assert_eq!(picks.len(), rows);
-    let values = match list.data_type() {
-        DataType::List(_) => list.as_list::<i32>().values(),
-        _ => list.as_list::<i64>().values(),
-    };
     Ok(Some(arrow::compute::take(values.as_ref(), &picks, None)?))
 }
 
