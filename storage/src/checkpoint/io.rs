@@ -317,11 +317,31 @@ fn map_eof(path: &Path, e: std::io::Error) -> Error {
 
 /// Write every `(offset, bytes)` segment to `file`.
 pub fn write_at(file: &File, path: &Path, segs: &[(u64, &[u8])]) -> Result<()> {
+    write_at_raw(file, segs).map_err(|e| Error::io(path, e))
+}
+
+/// Ask the kernel to start reading `len` bytes at `off` of `file` into the
+/// page cache, without waiting. Advice only: errors are ignored.
+pub fn read_ahead(file: &File, off: u64, len: u64) {
+    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
+/// [`write_at`] without a path: the bare I/O error, for callers that
+/// decide on its code (`EINVAL` from a file system refusing `O_DIRECT`).
+pub fn write_at_raw(file: &File, segs: &[(u64, &[u8])]) -> std::io::Result<()> {
     let q = pieces(
         segs.iter()
             .map(|(o, b)| (*o, std::iter::once((b.as_ptr() as *mut u8, b.len())))),
     );
-    run(file, q, true).map_err(|e| Error::io(path, e))
+    run(file, q, true)
 }
 
 /// Write each request's segments, one after another, to the file range

@@ -43,6 +43,19 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
 }
 
+/// `name` (a chunk file of `root`) from a worker's open files, opened on
+/// first use.
+fn open_cached<'m, 'n>(
+    open: &'m mut HashMap<&'n str, File>,
+    root: &CkptRoot,
+    name: &'n str,
+) -> std::io::Result<&'m File> {
+    Ok(match open.entry(name) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => v.insert(File::open(root.resolve(name))?),
+    })
+}
+
 /// The error for block `b` of `c` failing its checksum, naming the tensor,
 /// the file and the byte range.
 fn checksum_mismatch(c: &ChunkMeta, b: usize) -> Error {
@@ -466,6 +479,21 @@ impl Checkpoint {
             size += len;
             groups.last_mut().expect("just pushed").push(blk);
         }
+        // While a worker checks and copies one group, the disk is kept busy
+        // by asking the kernel to read ahead the group `workers()` further on
+        // (a cheap no-op when the bytes are cached).
+        let ahead: Vec<(&str, u64, u64)> = groups
+            .iter()
+            .map(|g| {
+                let first = &self.chunks[g[0].0];
+                let last = g.last().expect("groups are not empty");
+                let (a, _) = first.block_span(g[0].1);
+                let (o, l) = self.chunks[last.0].block_span(last.1);
+                (first.file.as_str(), a, o + l - a)
+            })
+            .collect();
+        let ahead = &ahead;
+        let n_workers = workers();
         let queue = std::sync::Mutex::new(groups.into_iter().enumerate());
         let failed = std::sync::atomic::AtomicBool::new(false);
         let requests = std::sync::atomic::AtomicUsize::new(0);
@@ -486,20 +514,22 @@ impl Checkpoint {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     (g, e)
                 };
+                if let Some(&(name, off, len)) = ahead.get(g + n_workers)
+                    && let Ok(f) = open_cached(&mut open, &self.root, name)
+                {
+                    io::read_ahead(f, off, len);
+                }
                 let c0 = &self.chunks[group[0].0];
                 let path = self.root.resolve(&c0.file);
-                let file = match open.entry(c0.file.as_str()) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => match File::open(&path) {
-                        Ok(f) => v.insert(f),
-                        Err(e) => {
-                            return Err(fail(Error::Corrupt(format!(
-                                "tensor {}: {}: {e}",
-                                c0.fqn,
-                                path.display()
-                            ))));
-                        }
-                    },
+                let file = match open_cached(&mut open, &self.root, &c0.file) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return Err(fail(Error::Corrupt(format!(
+                            "tensor {}: {}: {e}",
+                            c0.fqn,
+                            path.display()
+                        ))));
+                    }
                 };
                 // Each block as segments in block order: (bytes, target
                 // pointer, or None for scratch).

@@ -155,7 +155,11 @@ fn check_load(root: &Path, step: Option<u64>, tensors: &[Tensor], layout: &[Vec<
 
 #[test]
 fn every_dtype_round_trips_bit_exactly_with_both_codecs() {
-    for codec in [Codec::Raw, Codec::ShuffleZstd { level: 3 }] {
+    for (codec, direct_io) in [
+        (Codec::Raw, true),
+        (Codec::Raw, false),
+        (Codec::ShuffleZstd { level: 3 }, true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let tensors: Vec<Tensor> = DType::ALL
             .iter()
@@ -175,6 +179,7 @@ fn every_dtype_round_trips_bit_exactly_with_both_codecs() {
         let opts = SaveOptions {
             codec,
             block_bytes: 64,
+            direct_io,
             ..quick()
         };
         save_world(
@@ -272,6 +277,7 @@ fn resharding_matches_a_materialised_reference_on_random_odd_shapes() {
                     block_bytes: block * 8,
                     column_slabs: [0, 12, 6][(seed % 3) as usize],
                     slab_min_row_bytes: 4,
+                    direct_io: seed % 4 != 0,
                     ..quick()
                 };
                 save_world(
