@@ -129,6 +129,17 @@ impl Session {
         })
     }
 
+    /// Re-register `table` of `granary` (at its latest version) so that its
+    /// scans also offer Lance's `_rowid` column: an id of the row within
+    /// this snapshot, which lets two scans of one selection be lined up.
+    pub async fn expose_row_ids(&self, granary: &Granary, table: &str) -> Result<()> {
+        let ds = granary.table(table).await?;
+        self.ctx.deregister_table(table)?;
+        let provider = LanceTableProvider::new(Arc::new(ds), true, false);
+        self.ctx.register_table(table, Arc::new(provider))?;
+        Ok(())
+    }
+
     /// Allow statements beyond queries: session-local DDL such as `CREATE
     /// VIEW` or `CREATE TABLE … AS`, and `SET`. Granary tables themselves are
     /// changed only by granary commands (ingest, curate, plan); DML on them

@@ -198,6 +198,10 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         (VISUAL_DESCRIPTOR, "built-in descriptor")
     };
     let session = Session::open(g).await?;
+    // The features and the captions are read in two scans, lined up by
+    // `_rowid`, so that the feature matrix is freed before any per-row
+    // caption state exists: peak memory is the matrix plus a small constant.
+    session.expose_row_ids(g, schema::SAMPLES).await?;
     let mut predicate = opts.filter.clone().map(|f| format!("({f})"));
     let mut excluded_by_curation = None;
     if has_keep {
@@ -214,24 +218,22 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         .sql(&format!("SELECT count(*) FROM samples{filter}"))
         .await?;
     let expected = count_of(&b).max(0) as usize;
-    let query = format!("SELECT id, {visual_col} AS features, captions FROM samples{filter}");
-    progress("reading features and captions");
-    let mut rows = read_rows(&session, &query, &opts.caption_styles, expected).await?;
-    let ids = rows.ids.finish();
+    progress("reading features");
+    let query = format!("SELECT _rowid, {visual_col} AS features FROM samples{filter}");
+    let features = read_features(&session, &query, expected).await?;
     release_free_memory();
-    timings.push(("read", t.elapsed().as_secs_f64()));
-    if ids.is_empty() {
+    timings.push(("read features", t.elapsed().as_secs_f64()));
+    let (skipped_nan, skipped_missing) = (features.skipped_nan, features.skipped_missing);
+    if features.rowids.is_empty() {
         return Err(Error::Query(format!(
-            "the selection is empty{}: nothing to plan (skipped {} with NaN features, {} without features)",
+            "the selection is empty{}: nothing to plan (skipped {skipped_nan} with NaN features, {skipped_missing} without features)",
             opts.filter
                 .as_ref()
                 .map(|f| format!(" (--where {f})"))
                 .unwrap_or_default(),
-            rows.skipped_nan,
-            rows.skipped_missing
         )));
     }
-    let n = ids.len();
+    let n = features.rowids.len();
 
     let t = Instant::now();
     progress(&format!("visual axis: hierarchical k-means of {n} samples"));
@@ -245,9 +247,31 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
     } else {
         opts.visual_fine_k
     };
-    let visual = kmeans::hierarchical(&rows.features, rows.dim, opts.visual_k, fine_k, &km)
-        .map_err(Error::Query)?;
+    let mut visual =
+        kmeans::hierarchical(&features.values, features.dim, opts.visual_k, fine_k, &km)
+            .map_err(Error::Query)?;
+    visual.fine_labels = Vec::new();
+    let rowids = features.rowids;
+    drop(features.values);
+    release_free_memory();
     timings.push(("visual clustering", t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    progress("reading captions");
+    let query = format!("SELECT _rowid, id, captions FROM samples{filter}");
+    let mut rows = read_captions(&session, &query, &opts.caption_styles, &rowids).await?;
+    drop(rowids);
+    if !rows.order.iter().enumerate().all(|(j, &p)| p as usize == j) {
+        visual.labels = rows
+            .order
+            .iter()
+            .map(|&p| visual.labels[p as usize])
+            .collect();
+    }
+    rows.order = Vec::new();
+    let ids = rows.ids.finish();
+    release_free_memory();
+    timings.push(("read captions", t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
     progress("semantic axis: TF-IDF of captions, spherical k-means");
@@ -295,7 +319,6 @@ pub async fn plan(g: &Granary, opts: &PlanOptions, progress: &dyn Fn(&str)) -> R
         after_v[visual.labels[i] as usize] += weights[i] / total_w;
         after_s[semantic.labels[i] as usize] += weights[i] / total_w;
     }
-    let (skipped_nan, skipped_missing) = (rows.skipped_nan, rows.skipped_missing);
     drop(rows);
     let (examples_v, examples_s) =
         examples(&session, &ids, [(&visual.labels, v), (&semantic.labels, s)]).await?;
@@ -362,18 +385,123 @@ fn count_of(batches: &[RecordBatch]) -> i64 {
         .map_or(0, |a| a.value(0))
 }
 
-/// The selected rows, held compactly: ids in one Arrow string buffer, the
-/// feature matrix, and caption tokens as interned ids (captions themselves
-/// are not kept; the report's examples are fetched again by id).
+/// The feature matrix of the selected rows (first scan), with each kept
+/// row's `_rowid` so the caption scan can be lined up with it.
+struct Features {
+    rowids: Vec<u64>,
+    dim: usize,
+    values: Vec<f32>,
+    skipped_nan: usize,
+    skipped_missing: usize,
+}
+
+async fn read_features(session: &Session, query: &str, expected: usize) -> Result<Features> {
+    let mut stream = session.stream(query).await?;
+    let mut out = Features {
+        rowids: Vec::new(),
+        dim: 0,
+        values: Vec::new(),
+        skipped_nan: 0,
+        skipped_missing: 0,
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let rowids = row_ids(&batch)?;
+        let Some(features) = batch.column(1).as_fixed_size_list_opt() else {
+            return Err(Error::Query(format!(
+                "the feature column has type {}, expected a fixed-size list of float32",
+                batch.column(1).data_type()
+            )));
+        };
+        if !matches!(features.value_type(), DataType::Float32) {
+            return Err(Error::Query("features must be float32".into()));
+        }
+        let dim = features.value_length() as usize;
+        if out.values.capacity() == 0 && batch.num_rows() > 0 {
+            out.values.reserve_exact(expected * dim);
+            out.rowids.reserve_exact(expected);
+        }
+        out.dim = dim;
+        let values = features.values().as_primitive::<Float32Type>();
+        for i in 0..batch.num_rows() {
+            if features.is_null(i) {
+                out.skipped_missing += 1;
+                continue;
+            }
+            let start = features.value_offset(i) as usize;
+            let f = &values.values()[start..start + dim];
+            if f.iter().any(|x| !x.is_finite()) {
+                out.skipped_nan += 1;
+                continue;
+            }
+            out.rowids.push(rowids.value(i));
+            out.values.extend_from_slice(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Column 0 of a scan batch: Lance's `_rowid`.
+fn row_ids(batch: &RecordBatch) -> Result<&arrow::array::UInt64Array> {
+    batch
+        .column(0)
+        .as_primitive_opt::<arrow::datatypes::UInt64Type>()
+        .ok_or_else(|| Error::Query("the scan returned no _rowid column".into()))
+}
+
+/// Finds the first scan's index of a `_rowid` met in the second scan: the
+/// next one in order when the scans agree (the usual case), else a binary
+/// search.
+struct RowIndex<'a> {
+    rowids: &'a [u64],
+    /// Indices of `rowids` in ascending rowid order, when `rowids` is not
+    /// already ascending.
+    sorted: Option<Vec<u32>>,
+    next: usize,
+}
+
+impl<'a> RowIndex<'a> {
+    fn new(rowids: &'a [u64]) -> Self {
+        let sorted = (!rowids.is_sorted()).then(|| {
+            let mut idx: Vec<u32> = (0..rowids.len() as u32).collect();
+            idx.sort_unstable_by_key(|&i| rowids[i as usize]);
+            idx
+        });
+        RowIndex {
+            rowids,
+            sorted,
+            next: 0,
+        }
+    }
+
+    fn find(&mut self, rowid: u64) -> Option<usize> {
+        let hit = if self.rowids.get(self.next) == Some(&rowid) {
+            Some(self.next)
+        } else if let Some(sorted) = &self.sorted {
+            sorted
+                .binary_search_by_key(&rowid, |&i| self.rowids[i as usize])
+                .ok()
+                .map(|at| sorted[at] as usize)
+        } else {
+            self.rowids.binary_search(&rowid).ok()
+        };
+        if let Some(i) = hit {
+            self.next = i + 1;
+        }
+        hit
+    }
+}
+
+/// The selected rows' ids and captions (second scan), held compactly: ids
+/// in one Arrow string buffer and caption tokens as interned ids (captions
+/// themselves are not kept; the report's examples are fetched again by id).
+/// Row `j` here is row `order[j]` of the feature scan.
 struct Rows {
     ids: StringBuilder,
-    dim: usize,
-    features: Vec<f32>,
     tokens: Vec<u32>,
     offsets: Vec<usize>,
     interned: HashMap<String, u32>,
-    skipped_nan: usize,
-    skipped_missing: usize,
+    order: Vec<u32>,
 }
 
 impl Rows {
@@ -413,75 +541,62 @@ impl Rows {
     }
 }
 
-async fn read_rows(
+/// Reads ids and caption tokens of the rows the feature scan kept (by
+/// `_rowid`; rows it skipped are skipped here too). Fails when the two
+/// scans disagree on the set of rows.
+async fn read_captions(
     session: &Session,
     query: &str,
     styles: &[String],
-    expected: usize,
+    rowids: &[u64],
 ) -> Result<Rows> {
+    let n = rowids.len();
     let mut stream = session.stream(query).await?;
     let mut rows = Rows {
         ids: StringBuilder::new(),
-        dim: 0,
-        features: Vec::new(),
         tokens: Vec::new(),
-        offsets: vec![0],
+        offsets: Vec::with_capacity(n + 1),
         interned: HashMap::new(),
-        skipped_nan: 0,
-        skipped_missing: 0,
+        order: Vec::with_capacity(n),
     };
+    rows.offsets.push(0);
+    let mut index = RowIndex::new(rowids);
+    let mut seen = vec![false; n];
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let Some(ids) = batch.column(0).as_string_opt::<i32>() else {
+        let rids = row_ids(&batch)?;
+        let Some(ids) = batch.column(1).as_string_opt::<i32>() else {
             return Err(Error::Query("samples.id is not a utf8 column".into()));
         };
-        let Some(features) = batch.column(1).as_fixed_size_list_opt() else {
-            return Err(Error::Query(format!(
-                "the feature column has type {}, expected a fixed-size list of float32",
-                batch.column(1).data_type()
-            )));
+        let Some(captions) = batch.column(2).as_list_opt::<i32>() else {
+            return Err(Error::Query("samples.captions is not a list column".into()));
         };
-        let dim = features.value_length() as usize;
-        if !matches!(features.value_type(), DataType::Float32) {
-            return Err(Error::Query("features must be float32".into()));
-        }
-        if rows.features.capacity() == 0 && batch.num_rows() > 0 {
-            // Sized from the first batch: the matrix exactly, the rest with
-            // a margin over the first batch's average.
-            let per_row = |bytes: usize| bytes.div_ceil(batch.num_rows()) * 5 / 4;
-            rows.features.reserve_exact(expected * dim);
-            let id_bytes = ids.value_data().len();
-            rows.ids = StringBuilder::with_capacity(expected, expected * per_row(id_bytes));
-            rows.offsets.reserve_exact(expected);
-        }
-        if rows.len() > 0 {
+        if rows.len() == 0 && batch.num_rows() > 0 {
+            // Sized from the first batch, with a margin over its average.
+            let per_row = ids.value_data().len().div_ceil(batch.num_rows()) * 5 / 4;
+            rows.ids = StringBuilder::with_capacity(n, n * per_row);
+        } else if rows.len() > 0 {
             // Tokens grow by the expected rest (from the average so far),
             // not by doubling.
             let per_row = rows.tokens.len().div_ceil(rows.len()) + 1;
             let free = rows.tokens.capacity() - rows.tokens.len();
             if free < batch.num_rows() * per_row {
-                let rest = expected.saturating_sub(rows.len()).max(batch.num_rows());
+                let rest = n.saturating_sub(rows.len()).max(batch.num_rows());
                 rows.tokens.reserve_exact(rest * per_row * 9 / 8);
             }
         }
-        rows.dim = dim;
-        let values = features.values().as_primitive::<Float32Type>();
-        let Some(captions) = batch.column(2).as_list_opt::<i32>() else {
-            return Err(Error::Query("samples.captions is not a list column".into()));
-        };
         for i in 0..batch.num_rows() {
-            if features.is_null(i) {
-                rows.skipped_missing += 1;
+            let Some(p) = index.find(rids.value(i)) else {
                 continue;
+            };
+            if std::mem::replace(&mut seen[p], true) {
+                return Err(Error::Query(format!(
+                    "the caption scan returned _rowid {} twice",
+                    rids.value(i)
+                )));
             }
-            let start = features.value_offset(i) as usize;
-            let f = &values.values()[start..start + dim];
-            if f.iter().any(|x| !x.is_finite()) {
-                rows.skipped_nan += 1;
-                continue;
-            }
+            rows.order.push(p as u32);
             rows.ids.append_value(ids.value(i));
-            rows.features.extend_from_slice(f);
             for tok in tfidf::tokenize(&caption_text(captions, i, styles)) {
                 let next = rows.interned.len() as u32;
                 let id = *rows.interned.entry(tok).or_insert(next);
@@ -489,6 +604,12 @@ async fn read_rows(
             }
             rows.offsets.push(rows.tokens.len());
         }
+    }
+    if rows.len() != n {
+        return Err(Error::Query(format!(
+            "the caption scan found {} of the {n} rows the feature scan selected",
+            rows.len()
+        )));
     }
     Ok(rows)
 }
@@ -805,4 +926,40 @@ fn describe_parallel(items: &[Option<&[u8]>]) -> Vec<Option<Vec<f32>>> {
             .flat_map(|(h, part)| h.join().unwrap_or_else(|_| vec![None; part.len()]))
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RowIndex;
+
+    #[test]
+    fn row_index_lines_up_scans_in_any_order() {
+        // Ascending row ids (the usual ordered scan), with gaps where the
+        // feature scan skipped rows.
+        let asc = [3u64, 4, 9, 10, 11, 40];
+        let mut ix = RowIndex::new(&asc);
+        let found: Vec<_> = [3u64, 4, 5, 9, 10, 11, 12, 40]
+            .iter()
+            .map(|&r| ix.find(r))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                Some(0),
+                Some(1),
+                None,
+                Some(2),
+                Some(3),
+                Some(4),
+                None,
+                Some(5)
+            ]
+        );
+        // Out of order in both scans.
+        let mixed = [40u64, 3, 11, 9];
+        let mut ix = RowIndex::new(&mixed);
+        let found: Vec<_> = [9u64, 11, 2, 40, 3].iter().map(|&r| ix.find(r)).collect();
+        assert_eq!(found, [Some(3), Some(2), None, Some(0), Some(1)]);
+        assert!(RowIndex::new(&[]).find(7).is_none());
+    }
 }

@@ -674,7 +674,7 @@ impl Checkpoint {
             }
         };
         let results: Vec<_> = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..workers()).map(|_| sc.spawn(worker)).collect();
+            let hs: Vec<_> = (0..n_workers).map(|_| sc.spawn(worker)).collect();
             hs.into_iter()
                 .map(|h| h.join().expect("checkpoint read worker panicked"))
                 .collect()
