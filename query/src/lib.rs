@@ -3,7 +3,8 @@
 //! Every table of the granary is registered under its name through Lance's
 //! DataFusion table provider, which pushes projections, filters and limits
 //! down into the Lance scan: a query over scalar columns never reads media
-//! bytes. Blob columns read back as their descriptor struct
+//! bytes. [`scan`] narrows filter-only nested columns to the parts a filter
+//! reads, and materialises a top-k's wide columns late. Blob columns read back as their descriptor struct
 //! (`kind, position, size, blob_id, blob_uri`), not as payloads.
 //!
 //! Architecture invariant: query never writes files; it reads through
@@ -16,6 +17,7 @@ pub mod ipf;
 pub mod kmeans;
 pub mod plan;
 pub mod plot;
+pub mod scan;
 pub mod tfidf;
 pub mod udf;
 
@@ -87,7 +89,8 @@ fn new_context() -> SessionContext {
     let config = SessionConfig::new().with_information_schema(true);
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
-        .with_default_features();
+        .with_default_features()
+        .with_optimizer_rule(Arc::new(scan::LateTopK));
     builtins::install(&mut builder);
     let ctx = SessionContext::new_with_state(builder.build());
     udf::register(&ctx);
@@ -102,7 +105,7 @@ impl Session {
         let mut tables = Vec::new();
         for name in granary.table_names()? {
             let ds = granary.table(&name).await?;
-            let provider = LanceTableProvider::new(Arc::new(ds), false, false);
+            let provider = scan::GranaryTable::new(Arc::new(ds));
             ctx.register_table(name.as_str(), Arc::new(provider))?;
             tables.push(name);
         }
