@@ -218,6 +218,14 @@ fn cheapest_child(fields: &Fields) -> Option<String> {
         .map(|f| f.name().clone())
 }
 
+/// The table columns a scan returns: its projection, or all of them.
+fn column_indices(projection: Option<&Vec<usize>>, schema: &SchemaRef) -> Vec<usize> {
+    match projection {
+        Some(p) => p.clone(),
+        None => (0..schema.fields().len()).collect(),
+    }
+}
+
 fn unqualified(e: Expr) -> Result<Expr> {
     e.transform(|e| match e {
         Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
@@ -269,10 +277,7 @@ impl GranaryTable {
         limit: Option<usize>,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let schema = self.inner.schema();
-        let wanted: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..schema.fields().len()).collect(),
-        };
+        let wanted: Vec<usize> = column_indices(projection, &schema);
         let mut plain = Vec::new();
         let mut nested = Vec::new();
         for f in filters {
@@ -458,10 +463,7 @@ impl OptimizerRule for LateTopK {
             return Ok(Transformed::no(plan));
         };
         let schema = table.schema();
-        let projected: Vec<usize> = match &scan.projection {
-            Some(p) => p.clone(),
-            None => (0..schema.fields().len()).collect(),
-        };
+        let projected: Vec<usize> = column_indices(scan.projection.as_ref(), &schema);
         let mut order = Vec::with_capacity(sort.expr.len());
         let mut keys = BTreeSet::new();
         for s in &sort.expr {
@@ -538,10 +540,7 @@ impl TableProvider for TopKScan {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let wanted: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.schema.fields().len()).collect(),
-        };
+        let wanted: Vec<usize> = column_indices(projection, &self.schema);
         let early: Vec<String> = wanted
             .iter()
             .map(|&i| self.schema.field(i).name())
