@@ -335,15 +335,12 @@ impl GranaryTable {
         if !narrowed {
             return Ok(None);
         }
-        // Nested columns the filters need whole, and plain columns they
-        // read beside the nested ones, when the query does not return them.
-        for (col, need) in &usage.needs {
-            if *need == Need::Whole && !paths.contains(col) {
-                paths.push(col.clone());
-            }
-        }
+        // Every other column the nested filters read (plain ones, nested
+        // ones needed whole), when the query does not return it. A narrowed
+        // column is not added whole again.
         for c in nested.iter().flat_map(|f| f.column_refs()) {
-            if !paths.contains(&c.name) {
+            let narrowed_here = matches!(usage.needs.get(&c.name), Some(Need::Children(_)));
+            if !narrowed_here && !paths.contains(&c.name) {
                 paths.push(c.name.clone());
             }
         }
