@@ -92,7 +92,11 @@ enum Command {
     /// UDFs: defect_area_ratio(defects, width, height), aspect_bucket(width,
     /// height), caption(captions, lang, style), blob_size(bytes). Without a
     /// query, opens an interactive shell (history, Tab completion).
+    ///
+    /// Scans run on all cores, so rows come in no fixed order unless the
+    /// query has ORDER BY (a plain LIMIT still returns the first rows).
     Sql {
+        /// The granary (or checkpoint root) to query.
         root: PathBuf,
         /// The query, e.g. "SELECT media, count(*) FROM samples GROUP BY media".
         /// Omit it for the interactive shell.
@@ -113,6 +117,7 @@ enum Command {
     /// version of `samples` (columns keep, drop_reason, loss_mask); nothing
     /// is deleted and earlier versions stay readable.
     Curate {
+        /// The granary.
         root: PathBuf,
         /// Drop samples whose defect-area ratio (union of boxes / image area) is at least this.
         #[arg(long, default_value_t = 0.20)]
@@ -141,6 +146,7 @@ enum Command {
     /// `sampling_plans` table and prints a report. Samples curated out
     /// (keep = false) are excluded.
     Plan {
+        /// The granary.
         root: PathBuf,
         /// Name of the plan (rows of `sampling_plans` with plan = NAME).
         #[arg(long)]
@@ -188,6 +194,7 @@ enum Command {
     },
     /// Show tables, row counts, versions, sizes on disk and schemas.
     Info {
+        /// The granary.
         root: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
