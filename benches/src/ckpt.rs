@@ -492,13 +492,17 @@ fn round(
         n_save,
         Some(&run),
     ))?;
-    let stall_ratio = saves
-        .iter()
-        .map(|s| {
-            let step = &s["steps"][1];
-            step["stall_s"].as_f64().unwrap() / step["memcpy_s"].as_f64().unwrap()
-        })
-        .fold(0.0, f64::max);
+    // A data-parallel step waits for its slowest rank, so the job's stall
+    // is the slowest rank's stall, against the slowest rank's memcpy. (Per
+    // rank, the memcpy swings 2x with how many of the other ranks are still
+    // copying while it runs: more ranks than cores here.)
+    let slowest = |key: &str| {
+        saves
+            .iter()
+            .map(|s| s["steps"][1][key].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    let stall_ratio = slowest("stall_s") / slowest("memcpy_s");
     let save_total = saves
         .iter()
         .map(|s| s["steps"][1]["total_s"].as_f64().unwrap())

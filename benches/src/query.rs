@@ -5,7 +5,18 @@
 //! on 1M generated rows with 64-dim embeddings, in a child process for its
 //! peak RSS. Prints JSON lines with ratios.
 //!
-//! Usage: `cargo run --release -p granary-benches --bin query -- [--n 100000] [--plan-n 1000000] [--reps 10] [--dir WORKDIR] [--skip-plan]`
+//! The query granaries are compacted first (`granary compact`, one
+//! fragment each), as DuckDB's data is one Parquet file; `--as-written`
+//! keeps the 20 fragments of the 5,000-row commits that wrote them, and
+//! each line prints the fragment count.
+//!
+//! The engines' runs are interleaved: each repetition runs DuckDB (a
+//! long-lived Python process), the 5 KB granary and the 50 KB granary back
+//! to back, in rotating order, so all three see the same load on a shared
+//! machine. A query's time, and the verdict, is its best run; medians and
+//! the median of per-repetition paired ratios are printed beside it.
+//!
+//! Usage: `cargo run --release -p granary-benches --bin query -- [--n 100000] [--plan-n 1000000] [--reps 20] [--dir WORKDIR] [--skip-plan] [--as-written]`
 //!
 //! Rows are generated directly (random payload bytes stand in for images;
 //! captions, defects, scores and embeddings follow the synthetic
@@ -38,8 +49,10 @@ struct Cli {
     /// Rows of the plan granary.
     #[arg(long, default_value_t = 1_000_000)]
     plan_n: usize,
-    /// Each query time is the best of this many runs (both engines), after a warm-up.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Repetitions per query after a warm-up. Each repetition runs DuckDB,
+    /// the 5 KB granary and the 50 KB granary back to back; a query's time
+    /// is its best run (medians are printed too).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     reps: u32,
     /// Keep and reuse the generated data here (default: a temporary
     /// directory, removed at the end).
@@ -48,6 +61,12 @@ struct Cli {
     /// Skip the 1M-row plan.
     #[arg(long)]
     skip_plan: bool,
+    /// Query the granaries as written (20 fragments of 5,000 rows, one per
+    /// commit, as ingest leaves them) instead of compacting them first as
+    /// `granary compact` does. DuckDB reads one Parquet file either way.
+    /// A kept `--dir` stays compacted once it has been.
+    #[arg(long)]
+    as_written: bool,
 }
 
 type Rng = granary::query::kmeans::SplitMix64;
@@ -207,17 +226,12 @@ fn queries() -> Vec<(&'static str, String, String)> {
     ]
 }
 
-/// Best of `reps` runs after one warm-up: (seconds, result rows).
-async fn time_ours(session: &Session, sql: &str, reps: usize) -> Result<(f64, usize)> {
+/// One run of `sql` in our session: (seconds, result rows).
+async fn run_ours(session: &Session, sql: &str) -> Result<(f64, usize)> {
+    let t = Instant::now();
     let (_, b) = session.sql(sql).await?;
-    let rows = b.iter().map(|b| b.num_rows()).sum();
-    let mut best = f64::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        session.sql(sql).await?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok((best, rows))
+    let secs = t.elapsed().as_secs_f64();
+    Ok((secs, b.iter().map(|b| b.num_rows()).sum()))
 }
 
 /// Export `samples` (all columns, media bytes as binary) and the plans to Parquet.
@@ -277,44 +291,124 @@ fn write_parquet(
     Ok(())
 }
 
+/// A DuckDB process that answers one query per line of stdin with
+/// `[seconds, rows]`, so its runs can be interleaved with ours.
 const DUCKDB_SCRIPT: &str = r#"
 import json, sys, time
 import duckdb
 d = sys.argv[1]
-qs = json.loads(sys.argv[2])
+qs = dict(json.loads(sys.argv[2]))
 con = duckdb.connect()
 con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet('{d}/samples.parquet')")
 con.execute(f"CREATE VIEW plans AS SELECT * FROM read_parquet('{d}/plans.parquet')")
-out = {}
-for name, sql in qs:
-    rows = len(con.execute(sql).fetchall())
-    best = 1e9
-    for _ in range(int(sys.argv[3])):
-        t = time.perf_counter(); con.execute(sql).fetchall(); best = min(best, time.perf_counter() - t)
-    out[name] = [best, rows]
-print(json.dumps(out))
+print("ready", flush=True)
+for line in sys.stdin:
+    sql = qs[line.strip()]
+    t = time.perf_counter(); rows = len(con.execute(sql).fetchall()); dt = time.perf_counter() - t
+    print(json.dumps([dt, rows]), flush=True)
 "#;
 
-fn duckdb(dir: &Path, qs: &[(&str, String, String)], reps: usize) -> Option<serde_json::Value> {
-    let list: Vec<(&str, &str)> = qs.iter().map(|(n, _, d)| (*n, d.as_str())).collect();
-    let out = Command::new("python3")
-        .args(["-c", DUCKDB_SCRIPT])
-        .arg(dir)
-        .arg(serde_json::to_string(&list).ok()?)
-        .arg(reps.to_string())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "duckdb baseline unavailable (python3 -m pip install duckdb): {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
+struct Duck {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Duck {
+    /// Start the DuckDB process over the Parquet export in `dir`; None
+    /// (with a message) when python3 or duckdb is missing.
+    fn start(dir: &Path, qs: &[(&str, String, String)]) -> Option<Duck> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let list: Vec<(&str, &str)> = qs.iter().map(|(n, _, d)| (*n, d.as_str())).collect();
+        let spawned = Command::new("python3")
+            .args(["-c", DUCKDB_SCRIPT])
+            .arg(dir)
+            .arg(serde_json::to_string(&list).ok()?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("duckdb baseline unavailable (python3: {e})");
+                return None;
+            }
+        };
+        let stdin = child.stdin.take()?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take()?);
+        let mut first = String::new();
+        if stdout.read_line(&mut first).ok()? == 0 || first.trim() != "ready" {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.wait();
+            eprintln!(
+                "duckdb baseline unavailable (python3 -m pip install duckdb): {}",
+                err.lines().last().unwrap_or("")
+            );
+            return None;
+        }
+        Some(Duck {
+            child,
+            stdin,
+            stdout,
+        })
     }
-    serde_json::from_slice(&out.stdout).ok()
+
+    /// One run of the named query: (seconds, result rows).
+    fn run(&mut self, name: &str) -> Result<(f64, usize)> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{name}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the duckdb process exited while running {name}");
+        }
+        let (secs, rows): (f64, usize) = serde_json::from_str(line.trim())?;
+        Ok((secs, rows))
+    }
+}
+
+impl Drop for Duck {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs of one query: DuckDB (when present) and our two granaries.
+#[derive(Default)]
+struct Runs {
+    duck: Vec<f64>,
+    ours5: Vec<f64>,
+    ours50: Vec<f64>,
+}
+
+fn best(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Per-repetition ratios `a[i] / b[i]`: both were timed within one
+/// repetition, so load on the machine hits both alike.
+fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
 }
 
 fn plan_opts(name: &str) -> plan::PlanOptions {
@@ -370,40 +464,85 @@ async fn main() -> Result<()> {
             plan::plan(g, &plan_opts("bench"), &|_| {}).await?;
         }
     }
+    if !cli.as_written {
+        for g in [&small, &large] {
+            let t = Instant::now();
+            let reports = g.compact(1 << 20, &|_| {}).await?;
+            for r in reports.iter().filter(|r| r.fragments_removed > 0) {
+                eprintln!(
+                    "compacted {} {}: {} -> {} fragments in {:.1} s",
+                    g.root().display(),
+                    r.table,
+                    r.fragments_before,
+                    r.fragments_after,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    let fragments = small.table(schema::SAMPLES).await?.count_fragments();
     let pq = work.join("parquet");
     if !pq.join("plans.parquet").exists() {
         std::fs::create_dir_all(&pq)?;
         export_parquet(&small, &pq).await?;
     }
     let qs = queries();
-    let duck = duckdb(&pq, &qs, reps);
+    let mut duck = Duck::start(&pq, &qs);
     let s5 = Session::open(&small).await?;
     let s50 = Session::open(&large).await?;
     let mut all_ok = true;
     for (name, ours, _) in &qs {
-        let (t5, rows5) = time_ours(&s5, ours, reps).await?;
-        let (t50, rows50) = time_ours(&s50, ours, reps).await?;
+        // One warm-up run each, then `reps` repetitions with the three runs
+        // back to back (their order rotating), so the ratios compare runs
+        // made under the same load on this shared machine.
+        let (_, rows5) = run_ours(&s5, ours).await?;
+        let (_, rows50) = run_ours(&s50, ours).await?;
+        let duck_rows = match duck.as_mut() {
+            Some(d) => Some(d.run(name)?.1),
+            None => None,
+        };
+        let mut runs = Runs::default();
+        for rep in 0..reps {
+            for k in 0..3 {
+                match (rep + k) % 3 {
+                    0 => {
+                        if let Some(d) = duck.as_mut() {
+                            runs.duck.push(d.run(name)?.0);
+                        }
+                    }
+                    1 => runs.ours5.push(run_ours(&s5, ours).await?.0),
+                    _ => runs.ours50.push(run_ours(&s50, ours).await?.0),
+                }
+            }
+        }
+        let (t5, t50) = (best(&runs.ours5), best(&runs.ours50));
         let size_ratio = t50 / t5;
         let mut line = json!({
-            "bench": "query", "query": name, "rows": n, "granary_s_5kb": t5,
-            "granary_s_50kb": t50, "ratio_50kb_over_5kb": size_ratio,
+            "bench": "query", "query": name, "rows": n, "reps": reps, "fragments": fragments,
+            "granary_s_5kb": t5, "granary_s_50kb": t50,
+            "median_s_5kb": median(runs.ours5.clone()), "median_s_50kb": median(runs.ours50.clone()),
+            "ratio_50kb_over_5kb": size_ratio,
+            "median_paired_50kb_over_5kb": median(paired(&runs.ours50, &runs.ours5)),
             "size_target_ok": size_ratio <= 1.2, "result_rows": rows5, "page_cache": "warm",
         });
         all_ok &= size_ratio <= 1.2 && rows5 == rows50;
-        match duck.as_ref().and_then(|d| d.get(*name)) {
-            Some(d) => {
-                let dt = d[0].as_f64().unwrap_or(f64::NAN);
-                let drows = d[1].as_u64().unwrap_or(0) as usize;
+        match duck_rows {
+            Some(drows) => {
+                let dt = best(&runs.duck);
                 line["duckdb_s"] = json!(dt);
+                line["duckdb_median_s"] = json!(median(runs.duck.clone()));
                 line["ratio_vs_duckdb"] = json!(t5 / dt);
+                line["median_paired_ratio_vs_duckdb"] =
+                    json!(median(paired(&runs.ours5, &runs.duck)));
                 line["duckdb_target_ok"] = json!(t5 / dt <= 1.5);
                 line["same_rows_as_duckdb"] = json!(drows == rows5);
-                all_ok &= t5 / dt <= 1.5;
+                all_ok &= t5 / dt <= 1.5 && drows == rows5;
             }
             None => line["duckdb"] = json!("skipped: duckdb unavailable"),
         }
         println!("{line}");
     }
+    drop(duck);
     if !cli.skip_plan {
         let root = work.join("g1m");
         make_granary(&root, plan_n, 16, 2).await?;

@@ -4,8 +4,10 @@
 //! DataFusion table provider, which pushes projections, filters and limits
 //! down into the Lance scan: a query over scalar columns never reads media
 //! bytes. [`scan`] narrows filter-only nested columns to the parts a filter
-//! reads, and materialises a top-k's wide columns late. Blob columns read back as their descriptor struct
-//! (`kind, position, size, blob_id, blob_uri`), not as payloads.
+//! reads, materialises a top-k's wide columns late, and splits unlimited
+//! scans into one partition per core. Blob columns read back as their
+//! descriptor struct (`kind, position, size, blob_id, blob_uri`), not as
+//! payloads.
 //!
 //! Architecture invariant: query never writes files; it reads through
 //! granary-storage and returns Arrow batches. Formatting is the caller's.

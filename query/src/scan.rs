@@ -41,9 +41,8 @@ use datafusion::logical_expr::{
     lit,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
-use datafusion::physical_expr::Distribution;
 use datafusion::physical_expr::{
-    EquivalenceProperties, LexOrdering, Partitioning, create_physical_sort_exprs,
+    Distribution, EquivalenceProperties, LexOrdering, Partitioning, create_physical_sort_exprs,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExecBuilder;
@@ -58,6 +57,8 @@ use lance::datafusion::LanceTableProvider;
 use lance::dataset::ProjectionRequest;
 use lance::dataset::scanner::MaterializationStyle;
 use lance::io::exec::filtered_read::{FilteredReadExec, FilteredReadThreadingMode};
+
+use crate::udf::list_struct_fields;
 
 /// Lance's table provider, with narrow reads of filter-only nested columns.
 #[derive(Debug)]
@@ -475,15 +476,12 @@ impl ScalarUDFImpl for ElementField {
     }
 
     fn return_type(&self, t: &[DataType]) -> Result<DataType> {
-        match &t[0] {
-            DataType::List(item) | DataType::LargeList(item) => match item.data_type() {
-                DataType::Struct(fields) => match fields.find(&self.field) {
-                    Some((_, f)) => Ok(f.data_type().clone()),
-                    None => plan_err!("element_field: no field {} in {}", self.field, t[0]),
-                },
-                other => plan_err!("element_field: {other} is not a struct"),
-            },
-            other => plan_err!("element_field: {other} is not a list"),
+        let Some(fields) = list_struct_fields(&t[0]) else {
+            return plan_err!("element_field: {} is not a list of structs", t[0]);
+        };
+        match fields.find(&self.field) {
+            Some((_, f)) => Ok(f.data_type().clone()),
+            None => plan_err!("element_field: no field {} in {}", self.field, t[0]),
         }
     }
 
@@ -547,13 +545,8 @@ fn element_fields(e: Expr, schema: &DFSchema) -> Result<Expr> {
         let Ok(ScalarValue::Int64(Some(index))) = k.cast_to(&DataType::Int64) else {
             return Ok(Transformed::no(e));
         };
-        let has_field = |t: &DataType| match t {
-            DataType::List(item) | DataType::LargeList(item) => {
-                matches!(item.data_type(), DataType::Struct(fs) if fs.find(field).is_some())
-            }
-            _ => false,
-        };
-        if !has_field(&list.get_type(schema)?) {
+        let list_type = list.get_type(schema)?;
+        if list_struct_fields(&list_type).is_none_or(|fs| fs.find(field).is_none()) {
             return Ok(Transformed::no(e));
         }
         let udf = ElementField {

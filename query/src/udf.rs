@@ -216,7 +216,7 @@ fn is_text(t: &DataType) -> bool {
 }
 
 /// The struct fields of a `List<Struct>` type, if it is one.
-fn list_struct_fields(t: &DataType) -> Option<&arrow::datatypes::Fields> {
+pub(crate) fn list_struct_fields(t: &DataType) -> Option<&arrow::datatypes::Fields> {
     match t {
         DataType::List(f) | DataType::LargeList(f) => match f.data_type() {
             DataType::Struct(fields) => Some(fields),

@@ -199,6 +199,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Merge each table's small fragments into larger ones.
+    ///
+    /// Every ingest batch and every plan adds a fragment, and each query
+    /// pays a file open and a few reads per fragment: after many small
+    /// ingests, compacting makes scans faster. Rows and columns are kept
+    /// (media bytes are copied into the new files, so it writes about the
+    /// granary's size once); it is one new version per table, the earlier
+    /// versions stay readable, and nothing is deleted. Safe to run while
+    /// ingest appends.
+    Compact {
+        /// The granary.
+        root: PathBuf,
+        /// Fragments with fewer rows than this are merged, into fragments of
+        /// up to this many rows.
+        #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1..))]
+        target_rows: u64,
+        /// Print one JSON object per table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checkpoints: list, inspect, verify, diff, reshard, export/import safetensors, gc.
     Ckpt {
         #[command(subcommand)]
@@ -440,6 +460,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             crate::curation::plan(&g, &opts, plot.as_deref(), json).await?;
         }
+        Command::Compact {
+            root,
+            target_rows,
+            json,
+        } => compact(&open(&root).await?, target_rows as usize, json).await?,
         Command::Info { root, format } => {
             let g = open(&root).await?;
             info(&g, format).await?;
@@ -550,7 +575,54 @@ async fn ingest(root: &Path, src: &Path, opts: &IngestOptions) -> Result<ExitCod
             s.errors
         );
     }
+    if s.ingested > 0 {
+        // Every committed batch is a fragment; many small ones slow queries.
+        let ds = g.table(storage::schema::SAMPLES).await?;
+        let fragments = ds.count_fragments();
+        let per = ds.count_rows(None).await? / fragments.max(1);
+        if fragments >= 16 && per < 1 << 20 {
+            eprintln!(
+                "hint: samples is in {fragments} fragments of ~{per} rows; `granary compact {}` merges them, and queries get faster",
+                root.display()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn compact(g: &Granary, target_rows: usize, json: bool) -> Result<()> {
+    let t = Instant::now();
+    let reports = g
+        .compact(target_rows, &|what| eprintln!("compacting {what}"))
+        .await?;
+    let mut out = std::io::stdout().lock();
+    for r in &reports {
+        if json {
+            let line = serde_json::json!({
+                "table": r.table, "rows": r.rows, "fragments_before": r.fragments_before,
+                "fragments_after": r.fragments_after, "fragments_rewritten": r.fragments_removed,
+                "version_before": r.version_before, "version": r.version,
+            });
+            writeln!(out, "{line}")?;
+        } else if r.version == r.version_before {
+            writeln!(
+                out,
+                "{}: {} fragments, nothing to merge (version {})",
+                r.table, r.fragments_before, r.version
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{}: {} rows, {} → {} fragments, version {} → {}",
+                r.table, r.rows, r.fragments_before, r.fragments_after, r.version_before, r.version
+            )?;
+        }
+    }
+    if !json {
+        writeln!(out, "done in {:.1} s", t.elapsed().as_secs_f64())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 async fn info(g: &Granary, format: Format) -> Result<()> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, RecordBatchIterator};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use lance::Dataset;
+use lance::dataset::optimize::{CompactionOptions, compact_files};
 use lance::dataset::{
     MergeInsertBuilder, NewColumnTransform, WhenMatched, WhenNotMatched, WhenNotMatchedBySource,
     WriteMode, WriteParams,
@@ -32,6 +33,19 @@ pub struct TableInfo {
     pub fragments: usize,
     pub size_bytes: u64,
     pub schema: SchemaRef,
+}
+
+/// What `compact` did to one table.
+#[derive(Debug, Clone)]
+pub struct CompactReport {
+    pub table: String,
+    pub fragments_before: usize,
+    pub fragments_after: usize,
+    /// Fragments rewritten into the new ones (0: the table was left as is).
+    pub fragments_removed: usize,
+    pub rows: usize,
+    pub version_before: u64,
+    pub version: u64,
 }
 
 impl Granary {
@@ -165,6 +179,50 @@ impl Granary {
                 size_bytes: dir_size(&self.table_path(&name))?,
                 schema: Arc::new(Schema::from(ds.schema())),
                 name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Rewrite each table's small fragments into fragments of up to
+    /// `target_rows` rows (Lance's `compact_files`), one commit per table.
+    /// Every append (an ingest batch, a plan) adds a fragment, and each
+    /// query pays a file open and a few reads per fragment, so a granary
+    /// built by many small commits scans faster once compacted. Rows, their
+    /// order within a fragment and every column are kept; blob payloads are
+    /// copied into the new files. Nothing is deleted: earlier versions stay
+    /// readable from their own files. Lance row ids (`_rowid`) change, so
+    /// they are only meaningful within one version, as they already were.
+    /// Tables with nothing to merge are left at their version.
+    pub async fn compact(
+        &self,
+        target_rows: usize,
+        progress: &dyn Fn(&str),
+    ) -> Result<Vec<CompactReport>> {
+        if target_rows == 0 {
+            return Err(Error::InvalidInput(
+                "the target rows per fragment must be at least 1".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        for name in self.table_names()? {
+            let mut ds = self.table(&name).await?;
+            let fragments_before = ds.count_fragments();
+            let version_before = ds.version().version;
+            progress(&format!("{name}: {fragments_before} fragments"));
+            let options = CompactionOptions {
+                target_rows_per_fragment: target_rows,
+                ..Default::default()
+            };
+            let metrics = compact_files(&mut ds, options, None).await?;
+            out.push(CompactReport {
+                fragments_before,
+                fragments_after: ds.count_fragments(),
+                fragments_removed: metrics.fragments_removed,
+                rows: ds.count_rows(None).await?,
+                version_before,
+                version: ds.version().version,
+                table: name,
             });
         }
         Ok(out)

@@ -15,7 +15,7 @@ pub mod schema;
 pub mod sidecar;
 
 pub use error::{Error, Result};
-pub use granary::{Granary, TableInfo};
+pub use granary::{CompactReport, Granary, TableInfo};
 pub use ingest::{IngestOptions, IngestProgress, IngestSummary, ParquetColumns, SourceFormat};
 
 /// Re-export so upper crates use exactly the Lance (and so Arrow) that storage uses.

@@ -63,7 +63,9 @@ fn bad_paths_and_queries_fail_in_one_line_with_exit_2() {
 #[test]
 fn help_explains_every_command() {
     let help = ok(&["--help"]);
-    for cmd in ["init", "ingest", "synth", "sql", "info", "demo"] {
+    for cmd in [
+        "init", "ingest", "synth", "sql", "info", "compact", "curate", "plan", "ckpt", "demo",
+    ] {
         assert!(help.contains(cmd), "{help}");
     }
     let ingest = ok(&["ingest", "--help"]);

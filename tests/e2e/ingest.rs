@@ -336,3 +336,99 @@ async fn unknown_schema_version_is_a_clear_error() {
     assert!(err.contains("schema version 999 is not supported"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Every sample's media bytes by id, read straight through the lance crate
+/// at `version` (None: the latest).
+async fn blobs_by_id(
+    root: &Path,
+    version: Option<u64>,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let uri = root.join("samples.lance");
+    let mut ds = lance::Dataset::open(uri.to_str().unwrap()).await.unwrap();
+    if let Some(v) = version {
+        ds = ds.checkout_version(v).await.unwrap();
+    }
+    let ds = std::sync::Arc::new(ds);
+    let batch = ds
+        .scan()
+        .project(&["id"])
+        .unwrap()
+        .try_into_batch()
+        .await
+        .unwrap();
+    let ids = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    let indices: Vec<u64> = (0..ids.len() as u64).collect();
+    let blobs = ds.take_blobs_by_indices(&indices, "bytes").await.unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (i, blob) in blobs.iter().enumerate() {
+        let bytes = blob.as_ref().expect("non-null blob").read().await.unwrap();
+        out.insert(ids.value(i).to_string(), bytes.to_vec());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_merges_fragments_and_keeps_every_row_blob_and_version() {
+    // Three ingests, three fragments.
+    let sources: Vec<_> = (5..8).map(|seed| fixture::source(20, 1, seed)).collect();
+    let root = sources[0].path().join("g");
+    init(&root);
+    let r = root.to_str().unwrap();
+    for dir in &sources {
+        ok(&["ingest", r, fixture::src(dir).to_str().unwrap()]);
+    }
+    // A curation commit adds column files beside the ingest's fragments.
+    ok(&["curate", r]);
+    let info = |root: &str| -> serde_json::Value {
+        ok(&["info", root, "--format", "json"])
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|t| t["table"] == "samples")
+            .unwrap()
+    };
+    let before = info(r);
+    let fragments = before["fragments"].as_u64().unwrap();
+    assert!(
+        fragments >= 3,
+        "the ingest made {fragments} fragments; the test needs several"
+    );
+    let version = before["version"].as_u64().unwrap();
+    // Every column but the blob descriptors (whose positions move), in id order.
+    let all = "SELECT * EXCLUDE (bytes) FROM samples ORDER BY id";
+    let rows = sql(&root, all);
+    assert_eq!(rows.len(), 63);
+    let blobs = blobs_by_id(&root, None).await;
+
+    let out = ok(&["compact", r, "--json"]);
+    let report: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let samples = report.iter().find(|t| t["table"] == "samples").unwrap();
+    assert_eq!(samples["fragments_before"], fragments, "{out}");
+    assert_eq!(samples["fragments_after"], 1, "{out}");
+    assert_eq!(samples["rows"], 63, "{out}");
+    assert_eq!(samples["version_before"], version, "{out}");
+    let after = info(r);
+    assert_eq!(after["fragments"], 1);
+    assert!(after["version"].as_u64().unwrap() > version);
+    assert_eq!(sql(&root, all), rows, "compaction changed a row");
+    assert_eq!(blobs_by_id(&root, None).await, blobs);
+    // The version before compaction still reads, from its own files.
+    assert_eq!(blobs_by_id(&root, Some(version)).await, blobs);
+
+    // Once merged, there is nothing left to do: no new version.
+    let again = ok(&["compact", r]);
+    assert!(
+        again.contains("samples: 1 fragments, nothing to merge"),
+        "{again}"
+    );
+    assert_eq!(info(r)["version"], after["version"]);
+    let bad = run(&["compact", r, "--target-rows", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(info(r)["version"], after["version"]);
+}
