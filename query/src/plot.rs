@@ -7,7 +7,10 @@
 //!
 //! Text is drawn with a TrueType font found at run time (`$GRANARY_FONT`, then
 //! common system paths); the bitmap is rendered by plotters and encoded with
-//! the `image` crate.
+//! the `image` crate. A cluster label the font has no glyphs for (Chinese
+//! terms with a Latin-only font) is cut before its first such character
+//! rather than drawn as boxes, and [`Chart::labels_without_glyphs`] counts
+//! them so the caller can say which font to install.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -190,14 +193,17 @@ fn font_candidates() -> Vec<PathBuf> {
     out
 }
 
+/// The font registered with plotters: its path and bytes.
+type Font = (PathBuf, &'static [u8]);
+
 /// Registers one font with plotters as [`FAMILY`], once per process.
-fn ensure_font() -> Result<(), Error> {
-    static FONT: Mutex<Option<PathBuf>> = Mutex::new(None);
+fn ensure_font() -> Result<Font, Error> {
+    static FONT: Mutex<Option<Font>> = Mutex::new(None);
     let mut registered = FONT.lock().unwrap_or_else(PoisonError::into_inner);
-    if registered.is_some() {
-        return Ok(());
+    if let Some(f) = registered.as_ref() {
+        return Ok(f.clone());
     }
-    let register = |path: &Path| -> Result<(), Error> {
+    let register = |path: &Path| -> Result<&'static [u8], Error> {
         let bytes = std::fs::read(path).map_err(|source| Error::FontRead {
             path: path.to_owned(),
             source,
@@ -213,21 +219,42 @@ fn ensure_font() -> Result<(), Error> {
             Error::FontInvalid {
                 path: path.to_owned(),
             }
-        })
+        })?;
+        Ok(bytes)
     };
-    if let Some(path) = std::env::var_os("GRANARY_FONT").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        register(&path)?;
-        *registered = Some(path);
-        return Ok(());
-    }
-    for path in font_candidates() {
-        if register(&path).is_ok() {
-            *registered = Some(path);
-            return Ok(());
+    let paths = match std::env::var_os("GRANARY_FONT").filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let bytes = register(&path)?;
+            vec![(path, bytes)]
         }
+        None => Vec::new(),
+    };
+    let found = paths.into_iter().next().or_else(|| {
+        font_candidates()
+            .into_iter()
+            .find_map(|path| register(&path).ok().map(|bytes| (path, bytes)))
+    });
+    let font = found.ok_or(Error::NoFont)?;
+    *registered = Some(font.clone());
+    Ok(font)
+}
+
+/// `label` as the font can draw it: cut before the first character it has
+/// no glyph for (spaces and the cut's own trailing space aside), and
+/// whether anything was cut. A label that is all undrawable keeps nothing.
+fn drawable_label(font: Option<&ab_glyph::FontRef<'_>>, label: &str) -> (String, bool) {
+    use ab_glyph::Font as _;
+    let Some(font) = font else {
+        return (label.to_owned(), false);
+    };
+    let cut = label
+        .char_indices()
+        .find(|&(_, c)| !c.is_whitespace() && font.glyph_id(c).0 == 0);
+    match cut {
+        None => (label.to_owned(), false),
+        Some((at, _)) => (label[..at].trim_end().to_owned(), true),
     }
-    Err(Error::NoFont)
 }
 
 /// Checks the panel count and that each panel's vectors have one entry per label.
@@ -304,8 +331,12 @@ fn bars<'a>(
     })
 }
 
-/// Draws one panel into `area`.
-fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> Result<(), Error> {
+/// Draws one panel into `area`; the number of labels cut for want of glyphs.
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    panel: &Panel,
+    font: Option<&ab_glyph::FontRef<'_>>,
+) -> Result<usize, Error> {
     let n = panel.labels.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| {
@@ -326,7 +357,16 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> Re
 
     // Decide the x labels: horizontal if they all fit, else rotated and thinned.
     let label_font = (FAMILY, 13).into_font();
-    let labels: Vec<String> = panel.labels.iter().map(|l| short_label(l)).collect();
+    let mut cut = 0;
+    let labels: Vec<String> = panel
+        .labels
+        .iter()
+        .map(|l| {
+            let (l, lacks) = drawable_label(font, l);
+            cut += usize::from(lacks);
+            short_label(&l)
+        })
+        .collect();
     let mut widest = 0u32;
     for l in &labels {
         widest = widest.max(area.estimate_text_size(l, &label_font.clone().into())?.0);
@@ -422,38 +462,63 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel) -> Re
             note_style.pos(Pos::new(HPos::Right, VPos::Bottom)),
         ))?;
     }
-    Ok(())
+    Ok(cut)
+}
+
+/// A drawn chart, with the font it was drawn in.
+pub struct Chart<T> {
+    /// The picture: an [`image::RgbImage`] or PNG bytes.
+    pub image: T,
+    /// The font file the text was drawn with.
+    pub font: PathBuf,
+    /// Cluster labels cut short because the font has no glyphs for some of
+    /// their characters (e.g. Chinese terms with a Latin-only font).
+    pub labels_without_glyphs: usize,
 }
 
 /// Renders the panels stacked vertically into an RGB image
 /// [`WIDTH`] × ([`PANEL_HEIGHT`] × panels).
-pub fn render_marginals(panels: &[Panel]) -> Result<image::RgbImage, Error> {
+pub fn render_marginals(panels: &[Panel]) -> Result<Chart<image::RgbImage>, Error> {
     validate(panels)?;
-    ensure_font()?;
+    let (font, bytes) = ensure_font()?;
+    // A font collection or a face ab_glyph cannot parse: draw labels as given.
+    let glyphs = ab_glyph::FontRef::try_from_slice(bytes).ok();
     let height = PANEL_HEIGHT * panels.len() as u32;
     let mut buf = vec![255u8; WIDTH as usize * height as usize * 3];
+    let mut cut = 0;
     {
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE)?;
         for (area, panel) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
-            draw_panel(area, panel)?;
+            cut += draw_panel(area, panel, glyphs.as_ref())?;
         }
         root.present()?;
     }
-    image::RgbImage::from_raw(WIDTH, height, buf)
-        .ok_or_else(|| Error::Input("internal: pixel buffer has the wrong size".into()))
+    let image = image::RgbImage::from_raw(WIDTH, height, buf)
+        .ok_or_else(|| Error::Input("internal: pixel buffer has the wrong size".into()))?;
+    Ok(Chart {
+        image,
+        font,
+        labels_without_glyphs: cut,
+    })
 }
 
 /// The panels as PNG bytes (see [`render_marginals`]).
-pub fn marginals_png_bytes(panels: &[Panel]) -> Result<Vec<u8>, Error> {
-    let img = render_marginals(panels)?;
+pub fn marginals_png_bytes(panels: &[Panel]) -> Result<Chart<Vec<u8>>, Error> {
+    let chart = render_marginals(panels)?;
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
+    chart
+        .image
+        .write_to(&mut out, image::ImageFormat::Png)
         .map_err(|source| Error::Encode {
             path: PathBuf::from("<memory>"),
             source,
         })?;
-    Ok(out.into_inner())
+    Ok(Chart {
+        image: out.into_inner(),
+        font: chart.font,
+        labels_without_glyphs: chart.labels_without_glyphs,
+    })
 }
 
 /// Draws the panels (see [`render_marginals`]) and writes them to `path` as
@@ -461,7 +526,7 @@ pub fn marginals_png_bytes(panels: &[Panel]) -> Result<Vec<u8>, Error> {
 /// [`marginals_png_bytes`] where the user asked.
 #[cfg(test)]
 fn marginals_png(path: &Path, panels: &[Panel]) -> Result<(), Error> {
-    let img = render_marginals(panels)?;
+    let img = render_marginals(panels)?.image;
     img.save_with_format(path, image::ImageFormat::Png)
         .map_err(|source| Error::Encode {
             path: path.to_owned(),
@@ -546,6 +611,45 @@ mod tests {
     }
 
     #[test]
+    fn labels_the_font_cannot_draw_are_cut_and_counted() {
+        // U+10FFFD is a private-use code point no font maps to a glyph.
+        let mut p = sample_panels();
+        p[1].labels[0] = "s0 \u{10FFFD}\u{10FFFD}".into();
+        p[1].labels[1] = "\u{10FFFD} only".into();
+        let chart = match render_marginals(&p) {
+            Err(Error::NoFont) => {
+                eprintln!("skipped: no TrueType font on this machine");
+                return;
+            }
+            other => other.expect("plot"),
+        };
+        assert!(chart.font.is_file());
+        let (_, bytes) = ensure_font().expect("registered");
+        let font = ab_glyph::FontRef::try_from_slice(bytes).ok();
+        if font.is_some() {
+            assert_eq!(chart.labels_without_glyphs, 2, "font {:?}", chart.font);
+            assert_eq!(
+                drawable_label(font.as_ref(), "s0 \u{10FFFD}x"),
+                ("s0".to_owned(), true)
+            );
+            assert_eq!(
+                drawable_label(font.as_ref(), "v3 red"),
+                ("v3 red".to_owned(), false)
+            );
+            assert_eq!(
+                drawable_label(font.as_ref(), "\u{10FFFD}"),
+                (String::new(), true)
+            );
+        }
+        // Latin labels are drawn whole.
+        let mut p = sample_panels();
+        p[1].labels = (0..p[1].labels.len())
+            .map(|i| format!("s{i} cat"))
+            .collect();
+        assert_eq!(render_marginals(&p).expect("plot").labels_without_glyphs, 0);
+    }
+
+    #[test]
     fn many_clusters_render() {
         let n = 128;
         let panel = Panel {
@@ -560,7 +664,7 @@ mod tests {
         match marginals_png_bytes(&[panel]) {
             Err(Error::NoFont) => eprintln!("skipped: no TrueType font on this machine"),
             other => {
-                let bytes = other.expect("plot");
+                let bytes = other.expect("plot").image;
                 let img = image::load_from_memory(&bytes).expect("decode");
                 assert_eq!((img.width(), img.height()), (WIDTH, PANEL_HEIGHT));
                 if let Ok(keep) = std::env::var("GRANARY_PLOT_SAMPLE_MANY") {

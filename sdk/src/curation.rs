@@ -80,9 +80,19 @@ pub async fn plan(
         .await
         .with_context(|| format!("while planning {:?}", opts.name))?;
     if let Some(path) = plot_path {
-        let png = plot::marginals_png_bytes(&[panel(&report.visual), panel(&report.semantic)])
+        let chart = plot::marginals_png_bytes(&[panel(&report.visual), panel(&report.semantic)])
             .with_context(|| format!("while drawing {}", path.display()))?;
-        std::fs::write(path, png).with_context(|| format!("while writing {}", path.display()))?;
+        std::fs::write(path, chart.image)
+            .with_context(|| format!("while writing {}", path.display()))?;
+        if chart.labels_without_glyphs > 0 {
+            // Said even with --quiet: the picture lacks what the user expects.
+            eprintln!(
+                "plan: {} has no glyphs for {} cluster label(s), cut before the first character it cannot draw \
+                 (set GRANARY_FONT to a font that covers them, e.g. Noto Sans CJK)",
+                chart.font.display(),
+                chart.labels_without_glyphs
+            );
+        }
     }
     let mut out = std::io::stdout().lock();
     if as_json {
