@@ -614,6 +614,9 @@ mod tests {
     fn labels_the_font_cannot_draw_are_cut_and_counted() {
         // U+10FFFD is a private-use code point no font maps to a glyph.
         let mut p = sample_panels();
+        p[1].labels = (0..p[1].labels.len())
+            .map(|i| format!("s{i} cat"))
+            .collect();
         p[1].labels[0] = "s0 \u{10FFFD}\u{10FFFD}".into();
         p[1].labels[1] = "\u{10FFFD} only".into();
         let chart = match render_marginals(&p) {
