@@ -383,19 +383,24 @@ pub fn read_at_vectored(
     path: &Path,
     reqs: &mut [(u64, Vec<IoSliceMut<'_>>)],
 ) -> Result<()> {
-    let q = pieces(
+    run(file, scatter_pieces(reqs), false).map_err(|e| map_eof(path, e))
+}
+
+/// Scatter-read requests as pieces.
+fn scatter_pieces(reqs: &mut [(u64, Vec<IoSliceMut<'_>>)]) -> VecDeque<Piece> {
+    pieces(
         reqs.iter_mut()
             .map(|(o, segs)| (*o, segs.iter_mut().map(|s| (s.as_mut_ptr(), s.len())))),
-    );
-    run(file, q, false).map_err(|e| map_eof(path, e))
+    )
 }
 
 /// [`read_at_vectored`] with `preadv` on the calling thread, for callers
-/// that are themselves one of several reader threads. Measured on the
-/// checkpoint bench (2 cores, cold page cache): two loader threads each
-/// reading 512 KiB pieces this way beat the same reads through io_uring,
-/// whose buffered reads of uncached pages go through the kernel's async
-/// path. `GRANARY_LOAD_IO=uring` uses the ring anyway.
+/// that are themselves one of several reader threads (a ring per worker
+/// adds nothing when each worker reads one 512 KiB piece at a time).
+/// Measured once each on the checkpoint bench (rows2 -> 1, 2 cores): warm
+/// load over read 1.18-1.20 this way against 1.05 through io_uring; cold,
+/// 0.53-0.63 against 0.55, no clear difference. `GRANARY_LOAD_IO=uring`
+/// uses the ring, for comparison.
 pub fn read_at_vectored_here(
     file: &File,
     path: &Path,
@@ -408,11 +413,7 @@ pub fn read_at_vectored_here(
     if uring {
         return read_at_vectored(file, path, reqs);
     }
-    let q = pieces(
-        reqs.iter_mut()
-            .map(|(o, segs)| (*o, segs.iter_mut().map(|s| (s.as_mut_ptr(), s.len())))),
-    );
-    sync_run(file.as_raw_fd(), q, false).map_err(|e| map_eof(path, e))
+    sync_run(file.as_raw_fd(), scatter_pieces(reqs), false).map_err(|e| map_eof(path, e))
 }
 
 /// A zero-initialised heap buffer aligned to [`ALIGN`], with a length that

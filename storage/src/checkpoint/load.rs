@@ -27,9 +27,9 @@ use crate::error::{Error, Result};
 
 /// Upper bound on the bytes of one read batch.
 const BATCH_BYTES: u64 = 32 << 20;
-/// Bytes one read worker takes at a time on the direct path: large enough
-/// for deep reads, small enough that the checksum pass after the read
-/// still finds the bytes in cache.
+/// Bytes one read worker takes at a time on the direct path (the unit of
+/// work and of read-ahead hints; it is read and checked in pieces of
+/// `CHECK_BYTES`).
 const GROUP_BYTES: u64 = 8 << 20;
 /// A worker checks what it read after at most about this many bytes, so the
 /// checksum pass finds them in the CPU cache (a core's L2 here is 512 KiB).
@@ -640,7 +640,7 @@ impl Checkpoint {
                     let mut req_block: Vec<usize> = Vec::new();
                     let mut end = u64::MAX;
                     for (k, ((ci, b, _), segs)) in
-                        group.iter().zip(&layout).enumerate().take(k1).skip(k0)
+                        (k0..).zip(group[k0..k1].iter().zip(&layout[k0..k1]))
                     {
                         let (off, len) = self.chunks[*ci].block_span(*b);
                         let slices = segs.iter().map(|&(p, n)| {
@@ -674,7 +674,7 @@ impl Checkpoint {
                     }
                     drop(reqs);
                     for (((ci, b, _), segs), runs) in
-                        group.iter().zip(&layout).zip(&post).take(k1).skip(k0)
+                        group[k0..k1].iter().zip(&layout[k0..k1]).zip(&post[k0..k1])
                     {
                         let c = &self.chunks[*ci];
                         let sum = codec::checksum_parts(segs.iter().map(|&(p, n)| {
