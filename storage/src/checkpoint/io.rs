@@ -332,20 +332,6 @@ pub fn write_at(file: &File, path: &Path, segs: &[(u64, &[u8])]) -> Result<()> {
     write_at_raw(file, segs).map_err(|e| Error::io(path, e))
 }
 
-/// Ask the kernel to start reading `len` bytes at `off` of `file` into the
-/// page cache, without waiting. Advice only: errors are ignored.
-pub fn read_ahead(file: &File, off: u64, len: u64) {
-    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
-    unsafe {
-        libc::posix_fadvise(
-            file.as_raw_fd(),
-            off as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        );
-    }
-}
-
 /// [`write_at`] without a path: the bare I/O error, for callers that
 /// decide on its code (`EINVAL` from a file system refusing `O_DIRECT`).
 pub fn write_at_raw(file: &File, segs: &[(u64, &[u8])]) -> std::io::Result<()> {
@@ -396,7 +382,7 @@ fn scatter_pieces(reqs: &mut [(u64, Vec<IoSliceMut<'_>>)]) -> VecDeque<Piece> {
 
 /// [`read_at_vectored`] with `preadv` on the calling thread, for callers
 /// that are themselves one of several reader threads (a ring per worker
-/// adds nothing when each worker reads one 512 KiB piece at a time).
+/// adds nothing when each worker reads one group at a time).
 /// Measured once each on the checkpoint bench (rows2 -> 1, 2 cores): warm
 /// load over read 1.18-1.20 this way against 1.05 through io_uring; cold,
 /// 0.53-0.63 against 0.55, no clear difference. `GRANARY_LOAD_IO=uring`

@@ -27,15 +27,15 @@ use crate::error::{Error, Result};
 
 /// Upper bound on the bytes of one read batch.
 const BATCH_BYTES: u64 = 32 << 20;
-/// Bytes one read worker takes at a time on the direct path (the unit of
-/// work and of read-ahead hints; it is read and checked in pieces of
-/// `CHECK_BYTES`).
-const GROUP_BYTES: u64 = 8 << 20;
-/// A worker checks what it read after at most about this many bytes, so the
-/// checksum pass finds them in the CPU cache (a core's L2 here is 512 KiB).
-const CHECK_BYTES: u64 = 512 << 10;
+/// Bytes one read worker takes at a time on the direct path, in file
+/// order: it reads them, then checks them while they are still in the CPU
+/// cache. On the bench's cold loads, 2 MiB beat 8 MiB groups read in
+/// 512 KiB pieces, and 1 and 4 MiB groups (docs/checkpoint-format.md).
+const GROUP_BYTES: u64 = 2 << 20;
 /// A block that would scatter into more segments than this is read whole
-/// into scratch, checked, and copied out instead.
+/// into scratch, checked, and copied out instead. (Scattering slab rows
+/// straight into the targets, up to 1024 segments, loaded cold at
+/// 0.44-0.57 GB/s on the bench against 0.56-0.80 this way.)
 const SCATTER_SEGS: usize = 8;
 /// Blocks closer than this in one file are read with one request.
 const MERGE_GAP: u64 = 64 << 10;
@@ -469,25 +469,12 @@ impl Checkpoint {
             size += len;
             groups.last_mut().expect("just pushed").push(blk);
         }
-        // While a worker checks and copies one group, the disk is kept busy
-        // by asking the kernel to read ahead the group `workers()` further on
-        // (a cheap no-op when the bytes are cached).
-        let ahead: Vec<(&str, u64, u64)> = groups
-            .iter()
-            .map(|g| {
-                let first = &self.chunks[g[0].0];
-                let last = g.last().expect("groups are not empty");
-                let (a, _) = first.block_span(g[0].1);
-                let (o, l) = self.chunks[last.0].block_span(last.1);
-                (first.file.as_str(), a, o + l - a)
-            })
-            .collect();
-        let ahead = &ahead;
         // Every file opened once and shared by the workers: the kernel then
         // sees one sequential reader per file (its read-ahead state is per
         // open file) rather than one strided reader per worker.
         let mut opened: HashMap<&str, std::io::Result<File>> = HashMap::new();
-        for &(name, _, _) in ahead {
+        for g in &groups {
+            let name = self.chunks[g[0].0].file.as_str();
             opened
                 .entry(name)
                 .or_insert_with(|| File::open(self.root.resolve(name)));
@@ -513,18 +500,6 @@ impl Checkpoint {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     (g, e)
                 };
-                // The first groups were hinted by nobody: hint them now, as
-                // this group is read piece by piece below.
-                let first = (g < n_workers).then_some(g);
-                for &(name, off, len) in first
-                    .into_iter()
-                    .chain([g + n_workers])
-                    .filter_map(|h| ahead.get(h))
-                {
-                    if let Some(Ok(f)) = opened.get(name) {
-                        io::read_ahead(f, off, len);
-                    }
-                }
                 let c0 = &self.chunks[group[0].0];
                 let path = self.root.resolve(&c0.file);
                 let file = match &opened[c0.file.as_str()] {
@@ -622,81 +597,61 @@ impl Checkpoint {
                             .collect()
                     })
                     .collect();
-                // The group is read a few blocks at a time, each piece
-                // checked while its bytes are still in the CPU cache (a
-                // second pass over 8 MiB would come from memory and cost a
-                // quarter of the copy); the read-ahead above keeps the disk
-                // streaming the whole group meanwhile.
-                let mut k0 = 0;
-                while k0 < group.len() {
-                    let mut k1 = k0;
-                    let mut piece = 0u64;
-                    while k1 < group.len() && (k1 == k0 || piece < CHECK_BYTES) {
-                        piece += self.chunks[group[k1].0].block_span(group[k1].1).1;
-                        k1 += 1;
-                    }
-                    // One request per run of neighbouring blocks.
-                    let mut reqs: Vec<(u64, Vec<std::io::IoSliceMut<'_>>)> = Vec::new();
-                    let mut req_block: Vec<usize> = Vec::new();
-                    let mut end = u64::MAX;
-                    for (k, ((ci, b, _), segs)) in
-                        (k0..).zip(group[k0..k1].iter().zip(&layout[k0..k1]))
-                    {
-                        let (off, len) = self.chunks[*ci].block_span(*b);
-                        let slices = segs.iter().map(|&(p, n)| {
-                            // SAFETY: a disjoint range of a target or of scratch
-                            // (see the SAFETY note at the top), valid for `n` bytes.
-                            std::io::IoSliceMut::new(unsafe {
-                                std::slice::from_raw_parts_mut(p, n)
-                            })
-                        });
-                        match reqs.last_mut() {
-                            Some(r) if off == end => r.1.extend(slices),
-                            _ => {
-                                reqs.push((off, slices.collect()));
-                                req_block.push(k);
-                            }
+                // One request per run of neighbouring blocks; then every
+                // block is checked while its bytes are still in the cache.
+                let mut reqs: Vec<(u64, Vec<std::io::IoSliceMut<'_>>)> = Vec::new();
+                let mut req_block: Vec<usize> = Vec::new();
+                let mut end = u64::MAX;
+                for (k, ((ci, b, _), segs)) in group.iter().zip(&layout).enumerate() {
+                    let (off, len) = self.chunks[*ci].block_span(*b);
+                    let slices = segs.iter().map(|&(p, n)| {
+                        // SAFETY: a disjoint range of a target or of scratch
+                        // (see the SAFETY note at the top), valid for `n` bytes.
+                        std::io::IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) })
+                    });
+                    match reqs.last_mut() {
+                        Some(r) if off == end => r.1.extend(slices),
+                        _ => {
+                            reqs.push((off, slices.collect()));
+                            req_block.push(k);
                         }
-                        end = off + len;
                     }
-                    requests.fetch_add(reqs.len(), std::sync::atomic::Ordering::Relaxed);
-                    if let Err(e) = io::read_at_vectored_here(file, &path, &mut reqs) {
-                        // Retry one request at a time to name the tensor whose bytes are missing.
-                        let mut culprit = req_block[0];
-                        for (r, &k) in reqs.chunks_mut(1).zip(&req_block) {
-                            if io::read_at_vectored_here(file, &path, r).is_err() {
-                                culprit = k;
-                                break;
-                            }
+                    end = off + len;
+                }
+                requests.fetch_add(reqs.len(), std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = io::read_at_vectored_here(file, &path, &mut reqs) {
+                    // Retry one request at a time to name the tensor whose bytes are missing.
+                    let mut culprit = req_block[0];
+                    for (r, &k) in reqs.chunks_mut(1).zip(&req_block) {
+                        if io::read_at_vectored_here(file, &path, r).is_err() {
+                            culprit = k;
+                            break;
                         }
-                        let fqn = &self.chunks[group[culprit].0].fqn;
-                        return Err(fail(Error::Corrupt(format!("tensor {fqn}: {e}"))));
                     }
-                    drop(reqs);
-                    for (((ci, b, _), segs), runs) in
-                        group[k0..k1].iter().zip(&layout[k0..k1]).zip(&post[k0..k1])
-                    {
-                        let c = &self.chunks[*ci];
-                        let sum = codec::checksum_parts(segs.iter().map(|&(p, n)| {
-                            // SAFETY: the reads into these ranges have completed
-                            // and the mutable slices over them are gone.
-                            unsafe { std::slice::from_raw_parts(p.cast_const(), n) }
-                        }));
-                        if sum != c.checksums[*b] {
-                            return Err(fail(checksum_mismatch(c, *b)));
-                        }
-                        if !runs.is_empty() {
-                            let from = segs[0].0;
-                            for &(s, n, p) in runs {
-                                // SAFETY: `from` is this block's whole scratch copy
-                                // (s + n <= block length, checked when planned)
-                                // and `p` a disjoint, bounds-checked target range.
-                                unsafe { std::ptr::copy_nonoverlapping(from.add(s), p, n) };
-                            }
-                        }
-                        total += c.block_raw(*b).1;
+                    let fqn = &self.chunks[group[culprit].0].fqn;
+                    return Err(fail(Error::Corrupt(format!("tensor {fqn}: {e}"))));
+                }
+                drop(reqs);
+                for (((ci, b, _), segs), runs) in group.iter().zip(&layout).zip(&post) {
+                    let c = &self.chunks[*ci];
+                    let sum = codec::checksum_parts(segs.iter().map(|&(p, n)| {
+                        // SAFETY: the reads into these ranges have completed
+                        // and the mutable slices over them are gone.
+                        unsafe { std::slice::from_raw_parts(p.cast_const(), n) }
+                    }));
+                    if sum != c.checksums[*b] {
+                        return Err(fail(checksum_mismatch(c, *b)));
                     }
-                    k0 = k1;
+                    if !runs.is_empty() {
+                        let from = segs[0].0;
+                        for &(s, n, p) in runs {
+                            // SAFETY: `from` is this block's whole scratch copy
+                            // (s + n <= block length, checked when planned)
+                            // and `p` a disjoint, bounds-checked target range.
+                            unsafe { std::ptr::copy_nonoverlapping(from.add(s), p, n) };
+                        }
+                    }
+                    total += c.block_raw(*b).1;
                 }
             }
         };
