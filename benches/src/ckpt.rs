@@ -10,7 +10,11 @@
 //! target is checked against the faster of the two); sequential read of the
 //! same byte count into a resident buffer of that size, as a loader must
 //! (the same read into one reused 8 MiB buffer, cache-hot and so faster from
-//! the page cache, is printed next to it).
+//! the page cache, is printed next to it). A reference for loads, not a
+//! target: the same file read by two threads sharing one descriptor, 2 MiB
+//! at a time in file order, each piece checksummed (xxh3) right after its
+//! read, into the resident buffer: roughly what a checking loader could
+//! reach on the disk of that moment (`baseline_read_checked_2t_gb_per_s`).
 //!
 //! This VM's disk changes speed several-fold within seconds, so each
 //! scenario runs `--rounds` times, every measurement right after its own
@@ -408,6 +412,35 @@ fn baseline_read(path: &Path, into: Option<&mut [u8]>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Two threads sharing one open file read it 2 MiB at a time in file
+/// order into `into`, each piece checksummed right after its read; seconds.
+fn baseline_read_checked(path: &Path, into: &mut [u8]) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Mutex;
+    const PIECE: usize = 2 << 20;
+    let f = std::fs::File::open(path)?;
+    let pieces = Mutex::new(into.chunks_mut(PIECE).enumerate());
+    let t = Instant::now();
+    std::thread::scope(|sc| -> Result<()> {
+        let read = || -> Result<u64> {
+            let mut acc = 0u64;
+            loop {
+                let Some((i, piece)) = pieces.lock().expect("piece lock").next() else {
+                    return Ok(acc);
+                };
+                f.read_exact_at(piece, (i * PIECE) as u64)?;
+                acc ^= granary_storage::checkpoint::codec::checksum(piece);
+            }
+        };
+        let hs = [sc.spawn(read), sc.spawn(read)];
+        for h in hs {
+            std::hint::black_box(h.join().expect("reader panicked")?);
+        }
+        Ok(())
+    })?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -543,7 +576,11 @@ fn round(
         if cold {
             drop_caches();
         }
-        let read_s = baseline_read(&base, Some(resident))?;
+        let read_s = baseline_read(&base, Some(&mut *resident))?;
+        if cold {
+            drop_caches();
+        }
+        let checked_s = baseline_read_checked(&base, resident)?;
         let load_args = child_args("--child-load", gib, &root, load_kind, n_load, None);
         if cold {
             drop_caches();
@@ -557,7 +594,8 @@ fn round(
             .map(|l| l["load_s"].as_f64().unwrap())
             .fold(0.0, f64::max);
         let gbs = |s: f64| total as f64 / 1e9 / s;
-        let (load_gbs, read_gbs, reused_gbs) = (gbs(load_s), gbs(read_s), gbs(reused_s));
+        let (load_gbs, read_gbs, reused_gbs, checked_gbs) =
+            (gbs(load_s), gbs(read_s), gbs(reused_s), gbs(checked_s));
         let rss_ok = loads
             .iter()
             .zip(&load_rss)
@@ -568,6 +606,7 @@ fn round(
                    "per_rank": loads, "peak_rss_mib": load_rss, "load_s": load_s, "wall_s": wall,
                    "load_gb_per_s": load_gbs, "baseline_read_gb_per_s": read_gbs,
                    "baseline_read_reused_buffer_gb_per_s": reused_gbs,
+                   "baseline_read_checked_2t_gb_per_s": checked_gbs, "load_over_read_checked_2t": load_gbs / checked_gbs,
                    "load_over_read": load_gbs / read_gbs, "load_over_read_reused_buffer": load_gbs / reused_gbs,
                    "rss_within_target": rss_ok})
         );
