@@ -4,10 +4,9 @@
 //! row-major order) with a caller-provided buffer. The planner maps it onto
 //! the stored chunks from metadata alone; only the blocks holding needed
 //! elements are read, in file order, coalesced into large reads. Raw blocks
-//! that need no cast are read straight into the targets by parallel
-//! workers, each block scattered over the target rows it fills (a column
-//! slab lands in a column shard with no bounce copy) and verified in place.
-//! Compressed blocks and casts go batch by batch (so memory stays at the
+//! that need no cast are read by parallel workers, a small group at a time
+//! into a scratch buffer that stays in the CPU cache, checked there, and
+//! copied into the target rows they fill. Compressed blocks and casts go batch by batch (so memory stays at the
 //! targets plus a few read batches) through a reader thread while the
 //! calling thread verifies, decodes and copies.
 
@@ -27,16 +26,12 @@ use crate::error::{Error, Result};
 
 /// Upper bound on the bytes of one read batch.
 const BATCH_BYTES: u64 = 32 << 20;
-/// Bytes one read worker takes at a time on the direct path, in file
-/// order: it reads them, then checks them while they are still in the CPU
-/// cache. On the bench's cold loads, 2 MiB beat 8 MiB groups read in
-/// 512 KiB pieces, and 1 and 4 MiB groups (docs/checkpoint-format.md).
+/// Bytes one read worker takes at a time on the raw path, in file order:
+/// it reads them into its scratch buffer, then checks and copies them out
+/// while they are still in the CPU cache. On the bench's cold loads, 2 MiB
+/// beat 8 MiB groups read in 512 KiB pieces, and 1 and 4 MiB groups
+/// (docs/checkpoint-format.md).
 const GROUP_BYTES: u64 = 2 << 20;
-/// A block that would scatter into more segments than this is read whole
-/// into scratch, checked, and copied out instead. (Scattering slab rows
-/// straight into the targets, up to 1024 segments, loaded cold at
-/// 0.44-0.57 GB/s on the bench against 0.56-0.80 this way.)
-const SCATTER_SEGS: usize = 8;
 /// Blocks closer than this in one file are read with one request.
 const MERGE_GAP: u64 = 64 << 10;
 
@@ -177,7 +172,7 @@ struct RawBuf {
 }
 
 // SAFETY: workers only touch disjoint byte ranges of a buffer the caller
-// lends exclusively for the whole load (see `read_scatter`).
+// lends exclusively for the whole load (see `read_raw`).
 unsafe impl Send for RawBuf {}
 // SAFETY: as above.
 unsafe impl Sync for RawBuf {}
@@ -357,21 +352,20 @@ impl Checkpoint {
                 }
             }
         }
-        // Raw blocks whose elements land without a cast are read straight
-        // into the targets (scattered across their rows, the rest of the
-        // block into scratch) and verified in place by parallel workers;
-        // the others (casts, compressed blocks) are decoded and copied.
-        let mut scatter: Vec<(usize, usize, Vec<Copy>)> = Vec::new();
+        // Raw blocks whose elements land without a cast are read, checked
+        // and copied by parallel workers; the others (casts, compressed
+        // blocks) are decoded and copied on this thread.
+        let mut raw_blocks: Vec<(usize, usize, Vec<Copy>)> = Vec::new();
         let mut staged: HashMap<(usize, usize), Vec<Copy>> = HashMap::new();
         for ((ci, b), cps) in copies {
             let c = &self.chunks[ci];
             if c.codec == Codec::Raw && cps.iter().all(|cp| targets[cp.target].dtype == c.dtype) {
-                scatter.push((ci, b, cps));
+                raw_blocks.push((ci, b, cps));
             } else {
                 staged.insert((ci, b), cps);
             }
         }
-        let (direct_bytes, direct_requests) = self.read_scatter(targets, scatter)?;
+        let (direct_bytes, direct_requests) = self.read_raw(targets, raw_blocks)?;
         let mut wanted: Vec<(usize, usize)> = staged.keys().copied().collect();
         wanted.sort_unstable();
         let mut raw = Vec::new();
@@ -416,13 +410,16 @@ impl Checkpoint {
         Ok(report)
     }
 
-    /// Read raw blocks straight into the targets. A block is one contiguous
-    /// file range scattered over the target runs it fills (bytes no target
-    /// wants go to scratch and are checksummed with the rest); neighbouring
-    /// blocks of a file join one request. Worker threads each take a group
-    /// of blocks in file order, read it, and verify every block in place
-    /// while the bytes are still in cache.
-    fn read_scatter(
+    /// Read raw blocks into the targets. Worker threads each take a group of
+    /// neighbouring blocks of one file (in file order), read it into their
+    /// scratch buffer with one plain read per run of adjacent blocks, then
+    /// check every block and copy its runs into the targets while the bytes
+    /// are still in the CPU cache. A read into one buffer, not scattered
+    /// over many: 2 MiB cold reads split over 16 segments ran at
+    /// 0.50-1.06 GB/s against 0.99-1.48 into one buffer (a probe, six
+    /// interleaved pairs), and the old scattering workers spent 4.7 s of a
+    /// 5.5 s load inside `preadv`.
+    fn read_raw(
         &self,
         targets: &mut [Target<'_>],
         mut blocks: Vec<(usize, usize, Vec<Copy>)>,
@@ -487,7 +484,6 @@ impl Checkpoint {
         let bufs = &bufs;
         let worker = || -> std::result::Result<u64, (usize, Error)> {
             let mut scratch: Vec<u8> = Vec::new();
-            let mut runs: Vec<(usize, usize, *mut u8)> = Vec::new();
             let mut total = 0u64;
             loop {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -512,118 +508,37 @@ impl Checkpoint {
                         ))));
                     }
                 };
-                // Each block as segments in block order: (bytes, target
-                // pointer, or None for scratch).
-                let mut layout: Vec<Vec<(usize, Option<*mut u8>)>> =
-                    Vec::with_capacity(group.len());
-                let mut gap_bytes = 0usize;
-                // Per block, the runs to copy out of scratch after the check.
-                let mut post: Vec<Vec<(usize, usize, *mut u8)>> = Vec::with_capacity(group.len());
-                for (ci, b, cps) in &group {
-                    let c = &self.chunks[*ci];
-                    let es = c.dtype.size();
-                    let block_len = c.block_raw(*b).1 as usize;
-                    let bad = || {
-                        fail(Error::Internal(format!(
-                            "tensor {}: planned copies of block {b} overlap or leave their buffers",
-                            c.fqn
-                        )))
-                    };
-                    runs.clear();
-                    for cp in cps {
-                        let (buf, ts) = bufs[cp.target];
-                        let n = cp.elems as usize * es;
-                        for (s, d) in cp.runs() {
-                            let at = d as usize * ts;
-                            if s + n > block_len || at + n > buf.len {
-                                return Err(bad());
-                            }
-                            // SAFETY: at + n <= buf.len: inside the target buffer.
-                            runs.push((s, n, unsafe { buf.ptr.add(at) }));
-                        }
-                    }
-                    runs.sort_unstable_by_key(|r| r.0);
-                    let mut segs = Vec::with_capacity(2 * runs.len() + 1);
-                    let mut pos = 0usize;
-                    for &(s, n, p) in &runs {
-                        if s < pos {
-                            return Err(bad());
-                        }
-                        if s > pos {
-                            segs.push((s - pos, None));
-                            gap_bytes += s - pos;
-                        }
-                        segs.push((n, Some(p)));
-                        pos = s + n;
-                    }
-                    if pos < block_len {
-                        segs.push((block_len - pos, None));
-                        gap_bytes += block_len - pos;
-                    }
-                    if segs.len() > SCATTER_SEGS {
-                        // Many short runs (slab rows): the kernel's per-segment
-                        // cost and a piecewise checksum would dominate, so read
-                        // the block whole into scratch (it stays in cache),
-                        // check it in one pass and copy the runs out.
-                        gap_bytes += block_len
-                            - segs
-                                .iter()
-                                .filter(|x| x.1.is_none())
-                                .map(|x| x.0)
-                                .sum::<usize>();
-                        segs.clear();
-                        segs.push((block_len, None));
-                        post.push(runs.clone());
-                    } else {
-                        post.push(Vec::new());
-                    }
-                    layout.push(segs);
-                }
-                scratch.resize(gap_bytes, 0);
-                let mut gap_at = 0usize;
-                let layout: Vec<Vec<(*mut u8, usize)>> = layout
-                    .into_iter()
-                    .map(|segs| {
-                        segs.into_iter()
-                            .map(|(n, p)| match p {
-                                Some(p) => (p, n),
-                                None => {
-                                    // SAFETY: the gaps add up to scratch.len().
-                                    let q = unsafe { scratch.as_mut_ptr().add(gap_at) };
-                                    gap_at += n;
-                                    (q, n)
-                                }
-                            })
-                            .collect()
-                    })
+                // The group's blocks lie one after another in scratch, in
+                // file order; blocks adjacent in the file are one read.
+                let spans: Vec<(u64, u64)> = group
+                    .iter()
+                    .map(|(ci, b, _)| self.chunks[*ci].block_span(*b))
                     .collect();
-                // One request per run of neighbouring blocks; then every
-                // block is checked while its bytes are still in the cache.
-                let mut reqs: Vec<(u64, Vec<std::io::IoSliceMut<'_>>)> = Vec::new();
+                let size: u64 = spans.iter().map(|s| s.1).sum();
+                scratch.resize(size as usize, 0);
+                let mut reqs: Vec<(u64, &mut [u8])> = Vec::new();
                 let mut req_block: Vec<usize> = Vec::new();
-                let mut end = u64::MAX;
-                for (k, ((ci, b, _), segs)) in group.iter().zip(&layout).enumerate() {
-                    let (off, len) = self.chunks[*ci].block_span(*b);
-                    let slices = segs.iter().map(|&(p, n)| {
-                        // SAFETY: a disjoint range of a target or of scratch
-                        // (see the SAFETY note at the top), valid for `n` bytes.
-                        std::io::IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) })
-                    });
-                    match reqs.last_mut() {
-                        Some(r) if off == end => r.1.extend(slices),
-                        _ => {
-                            reqs.push((off, slices.collect()));
-                            req_block.push(k);
-                        }
+                let mut rest: &mut [u8] = &mut scratch;
+                let mut k = 0;
+                while k < spans.len() {
+                    let (off, mut len) = spans[k];
+                    let first = k;
+                    k += 1;
+                    while k < spans.len() && spans[k].0 == off + len {
+                        len += spans[k].1;
+                        k += 1;
                     }
-                    end = off + len;
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(len as usize);
+                    reqs.push((off, head));
+                    req_block.push(first);
+                    rest = tail;
                 }
                 requests.fetch_add(reqs.len(), std::sync::atomic::Ordering::Relaxed);
-                if let Err(e) = io::read_at_vectored_here(file, &path, &mut reqs) {
+                if let Err(e) = io::read_at_here(file, &path, &mut reqs) {
                     // Retry one request at a time to name the tensor whose bytes are missing.
                     let mut culprit = req_block[0];
                     for (r, &k) in reqs.chunks_mut(1).zip(&req_block) {
-                        if io::read_at_vectored_here(file, &path, r).is_err() {
+                        if io::read_at_here(file, &path, r).is_err() {
                             culprit = k;
                             break;
                         }
@@ -632,23 +547,38 @@ impl Checkpoint {
                     return Err(fail(Error::Corrupt(format!("tensor {fqn}: {e}"))));
                 }
                 drop(reqs);
-                for (((ci, b, _), segs), runs) in group.iter().zip(&layout).zip(&post) {
+                // Check each block while it is still in the CPU cache, then
+                // copy its runs out.
+                let mut at = 0usize;
+                for ((ci, b, cps), &(_, len)) in group.iter().zip(&spans) {
                     let c = &self.chunks[*ci];
-                    let sum = codec::checksum_parts(segs.iter().map(|&(p, n)| {
-                        // SAFETY: the reads into these ranges have completed
-                        // and the mutable slices over them are gone.
-                        unsafe { std::slice::from_raw_parts(p.cast_const(), n) }
-                    }));
-                    if sum != c.checksums[*b] {
+                    let block = &scratch[at..at + len as usize];
+                    at += len as usize;
+                    if codec::checksum(block) != c.checksums[*b] {
                         return Err(fail(checksum_mismatch(c, *b)));
                     }
-                    if !runs.is_empty() {
-                        let from = segs[0].0;
-                        for &(s, n, p) in runs {
-                            // SAFETY: `from` is this block's whole scratch copy
-                            // (s + n <= block length, checked when planned)
-                            // and `p` a disjoint, bounds-checked target range.
-                            unsafe { std::ptr::copy_nonoverlapping(from.add(s), p, n) };
+                    let es = c.dtype.size();
+                    for cp in cps {
+                        let (buf, ts) = bufs[cp.target];
+                        let n = cp.elems as usize * es;
+                        for (s, d) in cp.runs() {
+                            let to = d as usize * ts;
+                            if s + n > block.len() || to + n > buf.len {
+                                return Err(fail(Error::Internal(format!(
+                                    "tensor {}: a planned copy of block {b} leaves its buffers",
+                                    c.fqn
+                                ))));
+                            }
+                            // SAFETY: both ranges are bounds-checked above, and
+                            // no other thread writes this target range (see
+                            // the SAFETY note at the top).
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    block.as_ptr().add(s),
+                                    buf.ptr.add(to),
+                                    n,
+                                )
+                            };
                         }
                     }
                     total += c.block_raw(*b).1;

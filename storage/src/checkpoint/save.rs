@@ -765,6 +765,7 @@ fn write_chunks(
         });
         at = (at + byte_len).next_multiple_of(ALIGN as u64);
     }
+    io::preallocate(&file, path, at)?;
     // Checksums on a second core while the first one drives the writes.
     let sums: Vec<Vec<u64>> = std::thread::scope(|sc| {
         let hasher = sc.spawn(|| {
