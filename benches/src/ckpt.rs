@@ -26,7 +26,9 @@
 //! ```
 //! Where `/proc/sys/vm/drop_caches` is writable, loads and the read
 //! baseline also run cold (`"cold": true`); otherwise they are served from
-//! the page cache and say so.
+//! the page cache and say so. A cold load's ranks set up their buffers
+//! first and wait at a gate; the cache is dropped when all are ready, so
+//! the load, like each read baseline, starts right after its drop.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -268,6 +270,20 @@ fn child_load(root: &Path, gib: f64, kind: &str, rank: usize) -> Result<()> {
         .map(|(i, r)| vec![0xa5u8; r.numel() as usize * tensors[*i].dtype.size()])
         .collect();
     let owned: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+    // Under the bench's parent: say ready, and wait until every rank is
+    // and the parent (which drops the page cache for a cold load) says go,
+    // so the load starts right after the drop, as the read baselines do.
+    let gate = root.with_extension("gate");
+    if gate.is_dir() {
+        std::fs::write(gate.join(format!("ready-{rank}")), b"")?;
+        let t = Instant::now();
+        while !gate.join("go").exists() {
+            if t.elapsed().as_secs() > 600 {
+                bail!("rank {rank}: no go from the parent within 10 minutes");
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
     let t = Instant::now();
     let mut targets: Vec<Target> = mine
         .iter()
@@ -322,16 +338,49 @@ fn barrier(root: &Path, name: &str, rank: usize, world: usize) -> Result<()> {
 }
 
 /// Run `args` as child processes at once; their JSON lines, their peak RSS
-/// (MiB, as each reported it) and the wall time.
-fn children(args: Vec<Vec<String>>) -> Result<(Vec<serde_json::Value>, Vec<f64>, f64)> {
+/// (MiB, as each reported it) and the wall time. Loading children wait at
+/// the gate beside `root` until all of them are ready; then `at_go` runs
+/// (dropping the page cache for a cold load) and they are let go.
+fn children(
+    args: Vec<Vec<String>>,
+    gate: Option<(&Path, &dyn Fn())>,
+) -> Result<(Vec<serde_json::Value>, Vec<f64>, f64)> {
+    let gate_dir = gate.map(|(root, _)| root.with_extension("gate"));
+    if let Some(g) = &gate_dir {
+        let _ = std::fs::remove_dir_all(g);
+        std::fs::create_dir_all(g)?;
+    }
     let t = Instant::now();
     let mut kids = Vec::new();
+    let n = args.len();
     for a in args {
         let c = Command::new(std::env::current_exe()?)
             .args(&a)
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         kids.push(c);
+    }
+    if let (Some(g), Some((_, at_go))) = (&gate_dir, gate) {
+        let ready = || {
+            std::fs::read_dir(g).map_or(0, |d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+                })
+                .count()
+            })
+        };
+        while ready() < n {
+            if kids.iter_mut().any(|k| matches!(k.try_wait(), Ok(Some(_)))) {
+                bail!("a loading rank exited before it was ready");
+            }
+            if t.elapsed().as_secs() > 600 {
+                bail!("the loading ranks were not ready within 10 minutes");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        at_go();
+        std::fs::write(g.join("go"), b"")?;
     }
     let mut lines = Vec::new();
     let mut rss = Vec::new();
@@ -517,14 +566,10 @@ fn round(
     let direct_s = baseline_write(&base, total, true)?;
     let n_save = layout(save_kind, tensors)?.len();
     let run = format!("bench{}r{k}", std::process::id());
-    let (saves, save_rss, _) = children(child_args(
-        "--child-save",
-        gib,
-        &root,
-        save_kind,
-        n_save,
-        Some(&run),
-    ))?;
+    let (saves, save_rss, _) = children(
+        child_args("--child-save", gib, &root, save_kind, n_save, Some(&run)),
+        None,
+    )?;
     // A data-parallel step waits for its slowest rank, so the job's stall
     // is the slowest rank's stall, against the slowest rank's memcpy. (Per
     // rank, the memcpy swings 2x with how many of the other ranks are still
@@ -582,13 +627,22 @@ fn round(
         }
         let checked_s = baseline_read_checked(&base, resident)?;
         let load_args = child_args("--child-load", gib, &root, load_kind, n_load, None);
-        if cold {
-            drop_caches();
-        } else {
+        let nothing = || {};
+        if !cold {
             // The checkpoint's own files are in the cache after a first pass.
-            children(load_args.clone())?;
+            children(load_args.clone(), Some((&root, &nothing)))?;
         }
-        let (loads, load_rss, wall) = children(load_args)?;
+        // Cold: the cache is dropped when every rank has its buffers and is
+        // about to read. This VM's balloon reports freed pages to the host
+        // a few seconds after they are freed, and a read into reported pages
+        // is slower (a probe read a chunk file at 1.16-1.57 GB/s right after
+        // the drop, 0.70-1.23 four seconds later), so both the baselines and
+        // the load start reading right after a drop.
+        let drop = || {
+            drop_caches();
+        };
+        let at_go: &dyn Fn() = if cold { &drop } else { &nothing };
+        let (loads, load_rss, wall) = children(load_args, Some((&root, at_go)))?;
         let load_s = loads
             .iter()
             .map(|l| l["load_s"].as_f64().unwrap())
@@ -615,6 +669,7 @@ fn round(
     std::fs::remove_file(&base)?;
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(root.with_extension("barriers"));
+    let _ = std::fs::remove_dir_all(root.with_extension("gate"));
     Ok(Round {
         stall: stall_ratio,
         save: (save_gbs, write_gbs),
